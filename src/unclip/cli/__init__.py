@@ -1,0 +1,76 @@
+"""The ``unclip`` command.
+
+Each sub-command lives in its own module under ``unclip.cli`` and exposes
+``register(subparsers)``, which adds one or more parsers and sets
+``func=callable(args) -> int | None`` on them. Errors a user can cause are
+``UnclipError``s: printed as one line, exit code 2. Anything else is a bug:
+one line plus a hint, full traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import Sequence
+
+from unclip import __version__
+from unclip.errors import UnclipError
+
+# Order is the order shown in ``unclip --help``. A module that does not exist
+# yet is skipped, so the command always starts.
+COMMAND_MODULES = ("generate", "data", "train", "embed", "eval", "models", "serve")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep hand-written examples as written and show defaults."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unclip",
+        description="Text-to-image generation on CLIP latents (unCLIP and CLIP-VQDiffusion).",
+        epilog="Run 'unclip COMMAND --help' for a command's options and examples.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"unclip {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module_name = f"unclip.cli.{name}"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except UnclipError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: keep it to one line unless asked
+        if debug:
+            raise
+        text = str(exc).strip().splitlines()
+        print(f"error: internal error: {type(exc).__name__}: {text[0] if text else ''} "
+              "(re-run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

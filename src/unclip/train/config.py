@@ -1,0 +1,39 @@
+"""Generic training settings shared by every stage (the ``train:`` section of a preset)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000                     # optimiser steps (after gradient accumulation)
+    batch_size: int = 32                  # per device, per micro-step
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1             # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0                # max global grad norm; 0 disables
+    ema_decay: float = 0.999              # 0 disables EMA
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    num_workers: int = 0
+    deterministic: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    eval_every: int = 0                   # 0: only at the end
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError("steps must be >= 1")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError("ema_decay must be in [0, 1)")

@@ -1,0 +1,67 @@
+"""The contract between the training engine and each stage.
+
+The engine (``unclip.train.engine``) owns everything generic: devices,
+mixed precision, optimiser, schedule, EMA, gradient accumulation and
+clipping, checkpoints, resume, logging and distribution. A stage only says
+what to train: its model, its data and its loss (house rule 8: stages are
+small). Stages are registered by name in ``unclip.train.stages.STAGES``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+
+class Stage:
+    """Base class for a training stage (clip, prior, decoder, upsampler, vq, clipvq, ...).
+
+    Subclasses set ``name`` and ``config_class`` — a frozen dataclass with at
+    least a ``train: TrainConfig`` field (``unclip.train.config``) — and
+    implement ``build_model``, ``build_dataset`` and ``loss``.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    # --- what to train -------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        """The trainable module. Frozen helpers (e.g. a CLIP encoder) live on the stage."""
+        raise NotImplementedError
+
+    def build_dataset(self, split: str) -> Dataset:
+        """A map-style or iterable dataset for ``split`` ('train' or 'val')."""
+        raise NotImplementedError
+
+    def collate(self, samples: list[Any]) -> Any:
+        return default_collate(samples)
+
+    def loss(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss to minimise plus named floats to log.
+
+        ``generator`` is the engine's seeded generator on the batch's device; draw
+        all training noise from it so that resumed runs repeat exactly.
+        """
+        raise NotImplementedError
+
+    # --- optional hooks --------------------------------------------------
+    def setup(self, device: torch.device) -> None:
+        """Move frozen helpers (encoders, tokenizers) to ``device``; called once."""
+
+    def evaluate(self, model: torch.nn.Module, out_dir: Path, step: int) -> dict[str, float]:
+        """Periodic stage-specific evaluation (sample grids as PNG, metrics). ``model`` holds EMA weights."""
+        return {}
+
+    def export(self, model: torch.nn.Module, out_dir: Path) -> Path:
+        """Write the inference model (EMA weights) under ``out_dir``; return its path."""
+        from unclip.checkpoint import save_model
+
+        path = Path(out_dir) / "model.safetensors"
+        save_model(model, path)
+        return path
