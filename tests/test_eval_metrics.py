@@ -70,3 +70,19 @@ def test_mean_pairwise_distance_by_hand():
     assert mean_pairwise_distance(points) == pytest.approx(4.0)
     with pytest.raises(ValueError):
         mean_pairwise_distance(points[:1])
+
+
+def test_clip_score_and_r_precision_by_hand():
+    import torch
+
+    from unclip.eval.clip_metrics import clip_score, r_precision
+
+    texts = torch.eye(4)  # four orthogonal captions
+    captions = ["a", "b", "c", "d"]
+    assert clip_score(texts, texts) == pytest.approx(100.0)
+    assert clip_score(texts, torch.roll(texts, 1, 0)) == pytest.approx(0.0)
+    # Images 0 and 1 point at their own caption, image 2 at caption 3's.
+    images = torch.stack([texts[0], texts[1] + 0.1 * texts[2], texts[3]])
+    assert r_precision(images, ["a", "b", "c"], captions, texts, pool=4) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="not in the caption pool"):
+        r_precision(images, ["a", "b", "zzz"], captions, texts)
