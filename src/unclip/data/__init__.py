@@ -1,1 +1,72 @@
+"""Image–text datasets: one interface for every source.
 
+``open_dataset(path, split="train", image_size=None)`` gives items
+``{"image": FloatTensor[3, H, W] in [-1, 1], "caption": str, "meta": dict}`` from
+
+* a built dataset directory (``dataset.json`` + ``index.jsonl`` + ``images/``),
+  written by ``unclip data build shapes|emoji|icons``;
+* a plain folder of images, captions from same-name ``.txt`` files,
+  ``captions.jsonl`` or ``captions.csv`` (or none: caption ``""``, language-free);
+* webdataset ``.tar`` shards in the img2dataset layout (streamed, an IterableDataset).
+
+Batch with ``DataLoader(ds, collate_fn=collate_samples)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset, IterableDataset
+
+from unclip.data.built import BuiltDataset, DatasetWriter, read_info
+from unclip.data.common import BadSamples, DataWarning, collate_samples, decode_image, image_to_tensor
+from unclip.data.shapes import ShapesDataset, parse_caption, render_shape
+from unclip.errors import DataError
+
+__all__ = [
+    "open_dataset",
+    "collate_samples",
+    "BuiltDataset",
+    "DatasetWriter",
+    "ShapesDataset",
+    "BadSamples",
+    "DataWarning",
+    "DataError",
+    "read_info",
+    "render_shape",
+    "parse_caption",
+    "decode_image",
+    "image_to_tensor",
+]
+
+
+def open_dataset(path: str | Path, split: str = "train", image_size: int | None = None) -> Dataset | IterableDataset:
+    """Open any supported dataset at ``path`` (see the module docstring).
+
+    ``split`` is ``train``, ``val``, ``test`` or ``all``. ``image_size`` resizes
+    (shorter side, Lanczos) and centre-crops every image to a square of that side.
+    """
+    text = str(path)
+    if "{" in text or text.endswith(".tar") or (Path(text).is_dir() and _only_shards(Path(text))):
+        from unclip.data.shards import ShardDataset
+
+        return ShardDataset(text, split=split, image_size=image_size)
+    root = Path(text)
+    if not root.exists():
+        raise DataError(f"dataset not found: {root} (build one with 'unclip data build shapes --out {root}')")
+    if (root / "dataset.json").is_file():
+        return BuiltDataset(root, split=split, image_size=image_size)
+    if root.is_dir():
+        from unclip.data.folder import FolderDataset
+
+        return FolderDataset(root, split=split, image_size=image_size)
+    raise DataError(f"{root} is neither a dataset directory, an image folder nor a .tar shard")
+
+
+def _only_shards(root: Path) -> bool:
+    """A directory whose data are .tar shards (directly or under train/ val/ test/)."""
+    if (root / "dataset.json").exists():
+        return False
+    found = any(root.glob("*.tar")) or any(root.glob("*/*.tar"))
+    has_images = any(p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") for p in root.iterdir() if p.is_file())
+    return found and not has_images

@@ -1,0 +1,193 @@
+"""Shared pieces of every dataset: decoding images to tensors, bad-sample accounting, collate.
+
+Items are dicts ``{"image": FloatTensor[3, H, W] in [-1, 1], "caption": str, "meta": dict}``.
+Bad data (corrupt or truncated images, non-images, empty or non-UTF-8 captions,
+missing files) never crashes an epoch: it is skipped, counted in a ``BadSamples``
+log and reported in one warning naming the count and the first few paths.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from unclip.errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "BadSamples",
+    "decode_image",
+    "load_image",
+    "image_to_tensor",
+    "decode_caption",
+    "collate_samples",
+    "DataWarning",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+logger = logging.getLogger("unclip.data")
+
+
+class DataWarning(UserWarning):
+    """Some samples of a dataset were skipped (the message says how many and which)."""
+
+
+class BadSamples:
+    """Counts skipped samples; warns once per batch of findings with the first few paths."""
+
+    def __init__(self, source: str, show: int = 5):
+        self.source = source
+        self.show = show
+        self.items: list[tuple[str, str]] = []  # (path, reason)
+        self._reported = 0
+
+    def add(self, path: str | Path, reason: str) -> None:
+        self.items.append((str(path), reason))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def report(self, when: str = "") -> None:
+        """One warning summarising everything skipped since the last report (nothing if none)."""
+        new = len(self.items) - self._reported
+        if new <= 0:
+            return
+        first = "; ".join(f"{p} ({r})" for p, r in self.items[: self.show])
+        more = f" and {len(self.items) - self.show} more" if len(self.items) > self.show else ""
+        message = (f"{self.source}: skipped {len(self.items)} bad sample(s){when}: {first}{more}")
+        self._reported = len(self.items)
+        logger.warning(message)
+        warnings.warn(message, DataWarning, stacklevel=3)
+
+    def report_sparsely(self) -> None:
+        """Report at the 1st, 10th, 100th, ... bad sample found while iterating (never floods)."""
+        n = len(self.items)
+        if n and str(n).rstrip("0") == "1":
+            self.report(" while reading")
+
+
+def image_to_tensor(image: Image.Image, image_size: int | None = None) -> torch.Tensor:
+    """PIL image (any mode) → FloatTensor [3, H, W] in [-1, 1], alpha composited on white.
+
+    With ``image_size``, the shorter side is resized to it (Lanczos) and the
+    centre square cropped, so every item has the same shape.
+    """
+    image = to_rgb_on_white(image)
+    if image_size is not None and image.size != (image_size, image_size):
+        w, h = image.size
+        scale = image_size / min(w, h)
+        new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+        image = image.resize((new_w, new_h), Image.LANCZOS)
+        left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+        image = image.crop((left, top, left + image_size, top + image_size))
+    array = np.asarray(image, dtype=np.float32)  # [H, W, 3] in 0..255
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).div(127.5).sub(1.0)
+
+
+def to_rgb_on_white(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, image_size: int | None = None) -> torch.Tensor:
+    """Bytes of an image file → tensor; raises ``DataError`` for non-images and truncated files."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # full decode: truncated files fail here, not later
+            return image_to_tensor(image, image_size)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image: {_first_line(exc)}") from None
+
+
+def load_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode_image(data, image_size)
+
+
+def decode_caption(data: bytes) -> str:
+    """UTF-8 bytes → stripped one-line caption; DataError if not UTF-8 or empty."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError("caption is not UTF-8") from None
+    text = " ".join(text.split())
+    if not text:
+        raise DataError("caption is empty")
+    return text
+
+
+def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch items: images stacked to [B, 3, H, W]; captions and meta kept as lists.
+
+    Use as ``DataLoader(..., collate_fn=collate_samples)``: torch's default_collate
+    fails on meta dicts whose keys differ between samples.
+    """
+    if not samples:
+        raise DataError("cannot collate an empty batch")
+    shapes = {tuple(s["image"].shape) for s in samples}
+    if len(shapes) > 1:
+        raise DataError(f"images in a batch differ in size {sorted(shapes)}; open the dataset with image_size=N")
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "caption": [s["caption"] for s in samples],
+        "meta": [s["meta"] for s in samples],
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class GuardedDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose ``__getitem__`` never fails on bad data.
+
+    Subclasses implement ``load(index) -> item`` (raising ``DataError`` for a bad
+    sample) and ``describe(index) -> path``. A bad sample is recorded in
+    ``self.bad`` and replaced by the next good one (wrapping around), so an epoch
+    keeps its length and never crashes; warnings come at the 1st, 10th, 100th ...
+    bad sample. If nothing in the dataset can be read, ``DataError`` is raised.
+    """
+
+    bad: BadSamples
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        return f"#{index}"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n}")
+        index %= n
+        known_bad: set[int] = self.__dict__.setdefault("_known_bad", set())
+        for attempt in range(min(n, 64)):
+            i = (index + attempt) % n
+            if i in known_bad:  # already counted; substitute silently
+                continue
+            try:
+                return self.load(i)
+            except DataError as exc:
+                known_bad.add(i)
+                self.bad.add(self.describe(i), str(exc))
+                self.bad.report_sparsely()
+        raise DataError(f"{self.bad.source}: 64 samples in a row are unreadable, e.g. {self.describe(index)}; "
+                        "check the files")
