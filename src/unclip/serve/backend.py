@@ -1,0 +1,203 @@
+"""The one place the server meets the pipeline.
+
+``Backend`` turns a validated request into a pipeline call and the pipeline's
+output into a ``Result`` (PNG bytes, seeds, the equivalent CLI command). The
+pipeline is anything that satisfies ``ServablePipeline``: the real
+``unclip.pipelines`` objects, or a test double. The pipeline builds its own
+``torch.Generator`` from the seed of each call (never the global RNG), so the
+seed returned with a result reproduces it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from PIL import Image
+
+from unclip.errors import UnclipError
+from unclip.serve.images import gif_bytes, png_bytes, strip
+
+Report = Callable[[str, int, int], None]  # (stage, step, total)
+
+
+class PipelineOutputLike(Protocol):
+    images: list  # list[PIL.Image.Image]
+    seeds: list  # list[int], one per image
+
+
+class ServablePipeline(Protocol):
+    """What the server needs from a pipeline (see unclip.pipelines)."""
+
+    def __call__(self, prompts: Sequence[str], *, negative_prompt: str | None, num_images_per_prompt: int,
+                 seed: int, callback: Callable | None, **steps_and_guidance) -> PipelineOutputLike: ...
+
+    def variations(self, image: Image.Image, *, num_images: int, seed: int, callback: Callable | None,
+                   **steps_and_guidance) -> PipelineOutputLike: ...
+
+    def interpolate(self, image_a: Image.Image, image_b: Image.Image, *, num_frames: int, seed: int,
+                    callback: Callable | None, **steps_and_guidance) -> PipelineOutputLike: ...
+
+    def text_diff(self, image: Image.Image, from_caption: str, to_caption: str, *, num_frames: int,
+                  seed: int, callback: Callable | None, **steps_and_guidance) -> PipelineOutputLike: ...
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Seed plus per-stage steps and guidance (``None``: the model's default)."""
+
+    seed: int
+    prior_steps: int | None = None
+    decoder_steps: int | None = None
+    upsampler_steps: int | None = None
+    prior_guidance: float | None = None
+    decoder_guidance: float | None = None
+
+    def pipeline_kwargs(self, stages: Sequence[str]) -> dict[str, Any]:
+        """Set values for the stages the model has; ``prior_*`` only when there is a prior."""
+        kwargs = {}
+        for name in ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance", "decoder_guidance"):
+            value = getattr(self, name)
+            if value is not None and name.split("_")[0] in stages:
+                kwargs[name] = value
+        return kwargs
+
+
+@dataclass
+class Result:
+    images: list[bytes]  # PNG files
+    seeds: list[int]
+    labels: list[str]
+    seed: int
+    settings: dict
+    command: str
+    elapsed_s: float
+    gif: bytes | None = None
+    strip_png: bytes | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Backend:
+    """Runs requests on ONE loaded pipeline; called from the single worker thread only."""
+
+    def __init__(self, pipeline: ServablePipeline, *, model_ref: str):
+        self.pipeline = pipeline
+        self.model_ref = model_ref  # what the user passed to --model; goes into the CLI command
+
+    # --- what the model can do ------------------------------------------
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(getattr(self.pipeline, "stages", ("prior", "decoder", "upsampler")))
+
+    def supports(self, operation: str) -> bool:
+        method = {"generate": "__call__", "variations": "variations", "interpolate": "interpolate",
+                  "text-diff": "text_diff"}[operation]
+        return callable(getattr(self.pipeline, method, None))
+
+    def info(self) -> dict:
+        defaults = getattr(self.pipeline, "defaults", {}) or {}
+        return {
+            "model": self.model_ref,
+            "kind": getattr(self.pipeline, "kind", type(self.pipeline).__name__),
+            "image_size": getattr(self.pipeline, "image_size", None),
+            "stages": list(self.stages),
+            "defaults": dict(defaults),
+            "operations": [op for op in ("generate", "variations", "interpolate", "text-diff") if self.supports(op)],
+        }
+
+    # --- operations --------------------------------------------------------
+    def generate(self, prompt: str, negative_prompt: str, num_images: int, sampling: Sampling,
+                 report: Report) -> Result:
+        start = time.perf_counter()
+        kwargs = sampling.pipeline_kwargs(self.stages)
+        output = self.pipeline([prompt], negative_prompt=negative_prompt or None,
+                               num_images_per_prompt=num_images, seed=sampling.seed,
+                               callback=_callback(report), **kwargs)
+        settings = {"prompt": prompt, "negative_prompt": negative_prompt, "num_images": num_images,
+                    "seed": sampling.seed, **kwargs}
+        args = ["generate", "--model", self.model_ref, prompt, "--num-images", str(num_images)]
+        if negative_prompt:
+            args += ["--negative-prompt", negative_prompt]
+        return self._result(output, [prompt] * len(output.images), sampling, settings,
+                            args + _sampling_args(sampling, kwargs), start)
+
+    def variations(self, image: Image.Image, num_images: int, sampling: Sampling, report: Report) -> Result:
+        self._require("variations")
+        start = time.perf_counter()
+        kwargs = sampling.pipeline_kwargs(self.stages)
+        output = self.pipeline.variations(image, num_images=num_images, seed=sampling.seed,
+                                          callback=_callback(report), **kwargs)
+        settings = {"num_images": num_images, "seed": sampling.seed, **kwargs}
+        args = ["generate", "--model", self.model_ref, "--variations", "IMAGE.png", "--num-images", str(num_images)]
+        return self._result(output, [f"variation {i + 1}" for i in range(len(output.images))], sampling,
+                            settings, args + _sampling_args(sampling, kwargs), start)
+
+    def interpolate(self, image_a: Image.Image, image_b: Image.Image, num_frames: int, sampling: Sampling,
+                    report: Report) -> Result:
+        self._require("interpolate")
+        start = time.perf_counter()
+        kwargs = sampling.pipeline_kwargs(self.stages)
+        output = self.pipeline.interpolate(image_a, image_b, num_frames=num_frames, seed=sampling.seed,
+                                           callback=_callback(report), **kwargs)
+        settings = {"num_frames": num_frames, "seed": sampling.seed, **kwargs}
+        args = ["generate", "--model", self.model_ref, "--interpolate", "A.png", "B.png",
+                "--frames", str(num_frames)]
+        return self._frames(output, sampling, settings, args + _sampling_args(sampling, kwargs), start)
+
+    def text_diff(self, image: Image.Image, from_caption: str, to_caption: str, num_frames: int,
+                  sampling: Sampling, report: Report) -> Result:
+        self._require("text-diff")
+        start = time.perf_counter()
+        kwargs = sampling.pipeline_kwargs(self.stages)
+        output = self.pipeline.text_diff(image, from_caption, to_caption, num_frames=num_frames,
+                                         seed=sampling.seed, callback=_callback(report), **kwargs)
+        settings = {"from_caption": from_caption, "to_caption": to_caption, "num_frames": num_frames,
+                    "seed": sampling.seed, **kwargs}
+        args = ["generate", "--model", self.model_ref, "--text-diff", "IMAGE.png", from_caption, to_caption,
+                "--frames", str(num_frames)]
+        return self._frames(output, sampling, settings, args + _sampling_args(sampling, kwargs), start)
+
+    # --- helpers -------------------------------------------------------------
+    def _require(self, operation: str) -> None:
+        if not self.supports(operation):
+            raise UnclipError(f"this model ({self.info()['kind']}) does not support {operation}; "
+                              "serve an unCLIP model for it")
+
+    def _result(self, output, labels, sampling, settings, args, start) -> Result:
+        images = [png_bytes(image) for image in output.images]
+        used = getattr(output, "settings", None)
+        settings = {**(dict(used) if isinstance(used, dict) else {}), **settings}  # the pipeline's defaults too
+        seeds = [int(seed) for seed in getattr(output, "seeds", [])] or [sampling.seed] * len(images)
+        return Result(images=images, seeds=seeds, labels=labels, seed=sampling.seed, settings=settings,
+                      command=shlex.join(["unclip", *args]), elapsed_s=round(time.perf_counter() - start, 4))
+
+    def _frames(self, output, sampling, settings, args, start) -> Result:
+        frames = list(output.images)
+        n = len(frames)
+        labels = [f"frame {i + 1}/{n} (t={i / max(1, n - 1):.2f})" for i in range(n)]
+        result = self._result(output, labels, sampling, settings, args, start)
+        result.gif = gif_bytes(frames)
+        result.strip_png = png_bytes(strip(frames))
+        return result
+
+
+def _callback(report: Report) -> Callable:
+    """Adapt the pipeline's per-step callback to ``report(stage, step, total)``."""
+
+    def callback(stage: str, step: int, total: int, *_: Any, **__: Any) -> None:
+        report(str(stage), int(step), int(total))
+
+    return callback
+
+
+def _sampling_args(sampling: Sampling, kwargs: dict) -> list[str]:
+    args = ["--seed", str(sampling.seed)]
+    for name, value in kwargs.items():
+        args += ["--" + name.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
+    return args
+
+
+def sampling_dict(sampling: Sampling) -> dict:
+    return asdict(sampling)

@@ -1,0 +1,247 @@
+// unclip web page: builds a request from the form, submits it as a job
+// (?wait=false), polls /api/jobs/{id} for progress and shows the result.
+// Self-contained: no libraries, no external assets.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { op: "generate", info: null, job: null, timer: null };
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  let body = null;
+  try { body = await response.json(); } catch (e) { /* not JSON */ }
+  if (!response.ok) {
+    const message = (body && (body.error || body.detail)) || `HTTP ${response.status}`;
+    throw new Error(response.status === 429 ? `Server busy: ${message}` : message);
+  }
+  return body;
+}
+
+// --- model info, limits and per-stage settings ---------------------------
+async function loadInfo() {
+  try {
+    const info = await api("/api/info");
+    state.info = info;
+    $("model-info").textContent = `model: ${info.model} (${info.kind}, stages: ${info.stages.join(" → ")})`;
+    const limits = info.limits;
+    $("prompt").maxLength = limits.max_prompt_chars;
+    $("num_images").max = $("num_variations").max = limits.max_images;
+    $("interp_frames").max = $("diff_frames").max = limits.max_frames;
+    buildStageTable(info.stages, info.defaults || {}, limits);
+    for (const button of document.querySelectorAll(".tabs button")) {
+      button.disabled = !info.operations.includes(button.dataset.op);
+      if (button.disabled) button.title = "this model does not support it";
+    }
+    showQueue(info.queue);
+  } catch (error) {
+    showError(`cannot read model info: ${error.message}`);
+  }
+}
+
+function buildStageTable(stages, defaults, limits) {
+  const body = document.querySelector("#stages tbody");
+  body.innerHTML = "";
+  for (const stage of stages) {
+    const row = document.createElement("tr");
+    const steps = defaults[`${stage}_steps`];
+    const guidance = defaults[`${stage}_guidance`];
+    row.innerHTML = `<td>${stage}</td>
+      <td><input type="number" id="${stage}_steps" min="1" max="${limits.max_steps}" placeholder="${steps ?? "default"}"></td>
+      <td></td>`;
+    if (stage === "prior" || stage === "decoder") {
+      row.lastElementChild.innerHTML = `<input type="number" id="${stage}_guidance" step="0.5"
+        min="${limits.min_guidance}" max="${limits.max_guidance}" placeholder="${guidance ?? "default"}">`;
+    }
+    body.appendChild(row);
+  }
+}
+
+function showQueue(queue) {
+  if (queue) $("queue-info").textContent = `queue: ${queue.waiting}/${queue.max_queue} waiting`;
+}
+
+// --- tabs and previews ----------------------------------------------------
+for (const button of document.querySelectorAll(".tabs button")) {
+  button.addEventListener("click", () => {
+    state.op = button.dataset.op;
+    for (const other of document.querySelectorAll(".tabs button")) other.classList.toggle("active", other === button);
+    for (const panel of document.querySelectorAll("[data-panel]")) panel.hidden = panel.dataset.panel !== state.op;
+  });
+}
+
+for (const preview of document.querySelectorAll("[data-preview-for]")) {
+  $(preview.dataset.previewFor).addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (file) preview.src = URL.createObjectURL(file); else preview.removeAttribute("src");
+  });
+}
+
+$("seed-random").addEventListener("click", () => { $("seed").value = "random"; });
+
+// --- building a request -----------------------------------------------------
+function samplingFields() {
+  const fields = {};
+  const seed = $("seed").value.trim();
+  if (seed && seed !== "random") fields.seed = seed;
+  for (const input of document.querySelectorAll("#stages input")) {
+    if (input.value !== "") fields[input.id] = input.value;
+  }
+  return fields;
+}
+
+function requireFile(id, what) {
+  const file = $(id).files[0];
+  if (!file) throw new Error(`choose ${what} first`);
+  return file;
+}
+
+function buildRequest() {
+  const sampling = samplingFields();
+  if (state.op === "generate") {
+    const body = { prompt: $("prompt").value, negative_prompt: $("negative_prompt").value,
+                   num_images: Number($("num_images").value || 1) };
+    for (const [key, value] of Object.entries(sampling)) body[key] = Number(value);
+    if (!body.prompt.trim()) throw new Error("type a prompt first");
+    return { path: "/api/generate", options: { method: "POST", headers: { "Content-Type": "application/json" },
+                                               body: JSON.stringify(body) } };
+  }
+  const form = new FormData();
+  for (const [key, value] of Object.entries(sampling)) form.append(key, value);
+  if (state.op === "variations") {
+    form.append("image", requireFile("variation_image", "an image"));
+    form.append("num_images", $("num_variations").value || "1");
+  } else if (state.op === "interpolate") {
+    form.append("image_a", requireFile("image_a", "the first image"));
+    form.append("image_b", requireFile("image_b", "the second image"));
+    form.append("num_frames", $("interp_frames").value || "5");
+  } else {
+    form.append("image", requireFile("diff_image", "an image"));
+    form.append("from_caption", $("from_caption").value);
+    form.append("to_caption", $("to_caption").value);
+    form.append("num_frames", $("diff_frames").value || "5");
+  }
+  return { path: `/api/${state.op}`, options: { method: "POST", body: form } };
+}
+
+// --- running a job ------------------------------------------------------------
+$("form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (state.job) return;
+  clearOutput();
+  let request;
+  try { request = buildRequest(); } catch (error) { showError(error.message); return; }
+  setBusy(true);
+  try {
+    const job = await api(`${request.path}?wait=false`, request.options);
+    state.job = job.job_id;
+    track(job);
+  } catch (error) {
+    showError(error.message);
+    setBusy(false);
+  }
+});
+
+$("cancel").addEventListener("click", async () => {
+  if (state.job) { try { await api(`/api/jobs/${state.job}`, { method: "DELETE" }); } catch (e) { /* gone */ } }
+});
+
+function track(job) {
+  showProgress(job);
+  if (job.status === "queued" || job.status === "running") {
+    state.timer = setTimeout(async () => {
+      try { track(await api(job.status_url)); } catch (error) { finish(); showError(error.message); }
+    }, 200);
+    return;
+  }
+  finish();
+  if (job.status === "done") showResult(job.result); else showError(`${job.status}: ${job.error || ""}`);
+}
+
+function showProgress(job) {
+  const bar = $("progress");
+  bar.hidden = false;
+  const p = job.progress;
+  if (job.status === "queued") {
+    $("status").textContent = `job ${job.job_id}: waiting, ${job.position} ahead`;
+    bar.removeAttribute("value");
+  } else if (job.status === "running") {
+    $("status").textContent = p.total ? `job ${job.job_id}: ${p.stage} step ${p.step}/${p.total}`
+                                      : `job ${job.job_id}: starting`;
+    bar.value = p.total ? p.step / p.total : 0;
+  } else {
+    $("status").textContent = `job ${job.job_id}: ${job.status}`;
+    bar.value = 1;
+  }
+}
+
+function finish() {
+  clearTimeout(state.timer);
+  state.job = null;
+  setBusy(false);
+  loadQueue();
+}
+
+async function loadQueue() {
+  try { showQueue((await api("/api/health")).queue); } catch (e) { /* ignore */ }
+}
+
+function setBusy(busy) {
+  $("generate").disabled = busy;
+  $("generate").textContent = busy ? "Working…" : "Generate";
+  $("cancel").hidden = !busy;
+}
+
+// --- results --------------------------------------------------------------------
+function showResult(result) {
+  const gallery = $("gallery");
+  for (const image of result.images) {
+    const figure = document.createElement("figure");
+    const src = `data:image/png;base64,${image.png_base64}`;
+    const img = document.createElement("img");
+    img.src = src;
+    img.alt = image.label;
+    const link = document.createElement("a");
+    link.href = src;
+    link.download = `unclip-seed${image.seed}-${image.index}.png`;
+    link.textContent = "download";
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${image.label} · seed ${image.seed} · `;
+    caption.appendChild(link);
+    figure.append(img, caption);
+    gallery.appendChild(figure);
+  }
+  if (result.gif_base64) {
+    const box = $("animation");
+    box.hidden = false;
+    box.innerHTML = "";
+    const gif = document.createElement("img");
+    gif.className = "gif";
+    gif.src = `data:image/gif;base64,${result.gif_base64}`;
+    gif.alt = "animation";
+    const strip = document.createElement("img");
+    strip.className = "strip";
+    strip.src = `data:image/png;base64,${result.strip_png_base64}`;
+    strip.alt = "frames";
+    box.append(gif, strip);
+  }
+  $("command").textContent = result.command;
+  $("command-box").hidden = false;
+  $("status").textContent += ` in ${result.elapsed_s.toFixed(2)} s (seed ${result.seed})`;
+}
+
+$("copy-command").addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText($("command").textContent));
+
+function clearOutput() {
+  $("gallery").innerHTML = "";
+  $("animation").hidden = true;
+  $("command-box").hidden = true;
+  $("error").hidden = true;
+  $("status").textContent = "";
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+loadInfo();
