@@ -47,6 +47,7 @@ class BadSamples:
         self.show = show
         self.items: list[tuple[str, str]] = []  # (path, reason)
         self._reported = 0
+        self._found_while_reading = 0
 
     def add(self, path: str | Path, reason: str) -> None:
         self.items.append((str(path), reason))
@@ -67,9 +68,10 @@ class BadSamples:
         warnings.warn(message, DataWarning, stacklevel=3)
 
     def report_sparsely(self) -> None:
-        """Report at the 1st, 10th, 100th, ... bad sample found while iterating (never floods)."""
-        n = len(self.items)
-        if n and str(n).rstrip("0") == "1":
+        """Call after each bad sample found while iterating: warns at the 1st, 10th, 100th ... of them."""
+        self._found_while_reading += 1
+        n = self._found_while_reading
+        if str(n).rstrip("0") == "1":
             self.report(" while reading")
 
 
@@ -105,7 +107,9 @@ def decode_image(data: bytes, image_size: int | None = None) -> torch.Tensor:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # full decode: truncated files fail here, not later
             return image_to_tensor(image, image_size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise DataError("not an image") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot decode image: {_first_line(exc)}") from None
 
 
