@@ -1,0 +1,276 @@
+"""Samplers for Gaussian diffusion, as pure functions (house rule 1).
+
+Every sampler has the form::
+
+    sample_x(model_fn, x_T, diffusion, *, steps, spacing, generator, callback,
+             model_kwargs, clip_denoised, dynamic_threshold, ...) -> x_0
+
+``model_fn(x_t, t, **model_kwargs)`` is the raw network (or a guidance wrapper
+around it); ``t`` holds integer training timesteps [B]. ``diffusion`` is a
+``GaussianDiffusion`` (schedule + parameterisation). Sampling runs on the
+descending training timesteps ``sampling_timesteps(T, steps, spacing)`` and its
+last step lands on the clean sample (alpha_bar = 1). State lives in local
+variables only. ``callback(step, total, x, x0)`` is called after each step with
+the new sample and the predicted x0 of that step.
+
+* ``ddpm``   ancestral sampling, Ho et al. 2020 Alg. 2, on respaced betas
+             (Nichol & Dhariwal 2021 §4), learned or fixed-small variance.
+* ``ddim``   Song et al. 2021 eq. 12 with eta (eta = 0: deterministic).
+* ``dpm++2m`` DPM-Solver++(2M), Lu et al. 2022 Alg. 2 (data prediction, multistep).
+* ``ddim_invert`` deterministic DDIM run backwards, x_0 -> x_T (Song et al. 2021 §4.3).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+
+from unclip.diffusion.gaussian import GaussianDiffusion, ModelFn, Prediction, expand, output_to_x0_eps
+from unclip.diffusion.guidance import threshold_x0
+from unclip.diffusion.schedule import respaced_betas, sampling_timesteps
+from unclip.errors import UnclipError
+
+__all__ = [
+    "SAMPLERS",
+    "Callback",
+    "predict",
+    "ddpm_sample",
+    "ddim_sample",
+    "ddim_invert",
+    "dpmpp_2m_sample",
+    "sample",
+]
+
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+def predict(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x_t: torch.Tensor,
+    t: int,
+    *,
+    model_kwargs: Mapping[str, Any] | None = None,
+    clip_denoised: bool = False,
+    dynamic_threshold: float | None = None,
+) -> Prediction:
+    """One model call at integer timestep ``t``: (x0, eps, variance values).
+
+    When x0 is clipped or thresholded, eps is recomputed from the clipped x0 so
+    that DDIM / DPM-Solver steps stay consistent (as improved-diffusion does).
+    """
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    output = model_fn(x_t, t_batch, **(model_kwargs or {}))
+    alpha_bar = torch.tensor(float(diffusion.alphas_cumprod[t]), dtype=x_t.dtype, device=x_t.device)
+    pred = diffusion.predict(output, x_t, alpha_bar)
+    if clip_denoised or dynamic_threshold is not None:
+        x0 = threshold_x0(pred.x0, clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+        eps = (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+        pred = Prediction(x0=x0, eps=eps, variance_values=pred.variance_values)
+    return pred
+
+
+def _alpha_bars(diffusion: GaussianDiffusion, timesteps: list[int]) -> list[float]:
+    """alpha_bar at each timestep plus 1.0 for the clean sample after the last one."""
+    acp = diffusion.alphas_cumprod
+    return [float(acp[t]) for t in timesteps] + [1.0]
+
+
+def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model_fn: ModelFn,
+    x_T: torch.Tensor,
+    diffusion: GaussianDiffusion,
+    *,
+    steps: int | None = None,
+    spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    clip_denoised: bool = False,
+    dynamic_threshold: float | None = None,
+) -> torch.Tensor:
+    """Ancestral sampling (Ho 2020 Alg. 2) on the respaced process.
+
+    x_{i+1} = c0 x0 + c1 x_i + sigma z with respaced beta_i = 1 - a_i / a_{i+1}
+    (posterior mean, Ho 2020 eq. 7); sigma^2 = beta~_i, or the learned
+    interpolation exp(v log beta_i + (1 - v) log beta~_i) (Nichol & Dhariwal eq. 15).
+    No noise is added on the last step.
+    """
+    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
+    alpha_bars = _alpha_bars(diffusion, timesteps)
+    betas = respaced_betas(diffusion.alphas_cumprod, timesteps).tolist()
+    total = len(timesteps)
+    x = x_T
+    for i, t in enumerate(timesteps):
+        pred = predict(model_fn, diffusion, x, t, model_kwargs=model_kwargs,
+                       clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+        a_t, a_prev, beta = alpha_bars[i], alpha_bars[i + 1], betas[i]
+        coef_x0 = math.sqrt(a_prev) * beta / (1 - a_t)
+        coef_xt = math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)
+        x_next = coef_x0 * pred.x0 + coef_xt * x
+        if i < total - 1:
+            small = (1 - a_prev) / (1 - a_t) * beta
+            if pred.variance_values is not None:
+                frac = (pred.variance_values + 1) / 2
+                log_var = frac * math.log(beta) + (1 - frac) * math.log(max(small, 1e-20))
+                std = torch.exp(0.5 * log_var)
+            else:
+                std = math.sqrt(small)
+            x_next = x_next + std * _randn(x, generator)
+        x = x_next
+        if callback is not None:
+            callback(i, total, x, pred.x0)
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(
+    model_fn: ModelFn,
+    x_T: torch.Tensor,
+    diffusion: GaussianDiffusion,
+    *,
+    steps: int | None = 50,
+    spacing: str = "trailing",
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    clip_denoised: bool = False,
+    dynamic_threshold: float | None = None,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021 eq. 12): x_prev = sqrt(a') x0 + sqrt(1 - a' - s^2) eps + s z,
+    s = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a'). eta = 1 is DDPM-like, eta = 0 deterministic.
+    """
+    if eta < 0:
+        raise UnclipError(f"eta must be >= 0, got {eta}")
+    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
+    alpha_bars = _alpha_bars(diffusion, timesteps)
+    total = len(timesteps)
+    x = x_T
+    for i, t in enumerate(timesteps):
+        pred = predict(model_fn, diffusion, x, t, model_kwargs=model_kwargs,
+                       clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+        a_t, a_prev = alpha_bars[i], alpha_bars[i + 1]
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        x = math.sqrt(a_prev) * pred.x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * pred.eps
+        if sigma > 0:
+            x = x + sigma * _randn(x, generator)
+        if callback is not None:
+            callback(i, total, x, pred.x0)
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(
+    model_fn: ModelFn,
+    x_0: torch.Tensor,
+    diffusion: GaussianDiffusion,
+    *,
+    steps: int | None = 50,
+    spacing: str = "trailing",
+    callback: Callback | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM inversion x_0 -> x_T (Song et al. 2021 §4.3, the ODE run forwards).
+
+    Visits the same timesteps as ``ddim_sample(steps, spacing)`` in reverse, so
+    ``ddim_sample(eta=0)`` of the result reconstructs x_0 (up to discretisation
+    error). eps is predicted at the current sample with the next timestep.
+    """
+    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)[::-1]   # ascending
+    total = len(timesteps)
+    x = x_0
+    a_cur = 1.0
+    for i, t in enumerate(timesteps):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        output = model_fn(x, t_batch, **(model_kwargs or {}))
+        mean_out, _ = diffusion.split_output(output)
+        a_t = float(diffusion.alphas_cumprod[t])
+        alpha_bar = torch.tensor(a_t, dtype=x.dtype, device=x.device)
+        _, eps = output_to_x0_eps(diffusion.config.prediction, mean_out, x, alpha_bar)
+        x0 = (x - math.sqrt(1 - a_cur) * eps) / math.sqrt(a_cur)
+        x = math.sqrt(a_t) * x0 + math.sqrt(1 - a_t) * eps
+        a_cur = a_t
+        if callback is not None:
+            callback(i, total, x, x0)
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(
+    model_fn: ModelFn,
+    x_T: torch.Tensor,
+    diffusion: GaussianDiffusion,
+    *,
+    steps: int | None = 20,
+    spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    clip_denoised: bool = False,
+    dynamic_threshold: float | None = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), in VP form.
+
+    With alpha = sqrt(a), sigma = sqrt(1 - a), lambda = log(alpha / sigma) and
+    h = lambda_next - lambda_cur:
+    x_next = (sigma_next / sigma_cur) x - alpha_next (e^{-h} - 1) D, where
+    D = x0 (first order: first step and the last step onto the clean sample) or
+    D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev, r = h_prev / h (second order).
+    ``generator`` is unused (the solver is deterministic) and kept for a uniform signature.
+    """
+    del generator
+    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
+    alpha_bars = _alpha_bars(diffusion, timesteps)
+    total = len(timesteps)
+    x = x_T
+    x0_prev, h_prev = None, None
+    for i, t in enumerate(timesteps):
+        pred = predict(model_fn, diffusion, x, t, model_kwargs=model_kwargs,
+                       clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+        a_cur, a_next = alpha_bars[i], alpha_bars[i + 1]
+        if i == total - 1:
+            x = pred.x0                                   # sigma_next = 0: lambda = inf
+        else:
+            lam_cur = 0.5 * math.log(a_cur / (1 - a_cur))
+            lam_next = 0.5 * math.log(a_next / (1 - a_next))
+            h = lam_next - lam_cur
+            if x0_prev is None:
+                d = pred.x0
+            else:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * pred.x0 - (1 / (2 * r)) * x0_prev
+            ratio = math.sqrt((1 - a_next) / (1 - a_cur))
+            x = ratio * x - math.sqrt(a_next) * math.expm1(-h) * d
+            h_prev = h
+        x0_prev = pred.x0
+        if callback is not None:
+            callback(i, total, x, pred.x0)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": ddpm_sample,
+    "ddim": ddim_sample,
+    "dpm++2m": dpmpp_2m_sample,
+}
+
+
+def sample(name: str, model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusion, **kwargs: Any) -> torch.Tensor:
+    """Run the sampler called ``name`` ("ddpm", "ddim", "dpm++2m"); keyword arguments as that sampler's.
+
+    ``eta`` is accepted only by "ddim" (a non-zero eta for another sampler is an error).
+    """
+    if name not in SAMPLERS:
+        raise UnclipError(f"unknown sampler {name!r} (choose from: {', '.join(SAMPLERS)})")
+    if name != "ddim" and kwargs.get("eta", 0.0) != 0.0:
+        raise UnclipError(f"eta applies only to the 'ddim' sampler, not {name!r}")
+    kwargs = {k: v for k, v in kwargs.items() if not (k == "eta" and name != "ddim")}
+    return SAMPLERS[name](model_fn, x_T, diffusion, **kwargs)
