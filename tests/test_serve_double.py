@@ -86,7 +86,7 @@ class FakePipeline:
                 raise self.fail
             seeds = [seed if same_seed else seed + i for i in range(len(keys))]
             return FakeOutput(images=[fake_image(key, s) for key, s in zip(keys, seeds)], seeds=seeds,
-                              prompts=keys, settings=dict(settings))
+                              prompts=keys, settings={**self.defaults, **settings})
         finally:
             with self.lock:
                 self.active -= 1
