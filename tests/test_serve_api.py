@@ -66,6 +66,8 @@ def test_health_info_and_openapi(client):
     assert info["model"] == "tiny-model" and info["stages"] == ["prior", "decoder", "upsampler"]
     assert info["operations"] == ["generate", "variations", "interpolate", "text-diff"]
     assert info["limits"]["max_images"] == 8
+    assert info["defaults"] == {"prior_steps": 3, "prior_guidance": 4.0, "decoder_steps": 4, "decoder_guidance": 3.0,
+                                "upsampler_steps": 2}
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/api/generate", "/api/variations", "/api/interpolate", "/api/text-diff", "/api/jobs/{job_id}"):
         assert path in paths
@@ -83,7 +85,8 @@ def test_generate_returns_pngs_seeds_and_a_reproducing_command(client):
     assert images[1].tobytes() == fake_image("a red circle|", 12).tobytes()
     assert result["command"] == ("unclip generate --model tiny-model 'a red circle' --num-images 3 --seed 11 "
                                  "--decoder-steps 2 --prior-guidance 2.5")
-    assert result["settings"]["decoder_steps"] == 2 and result["settings"]["prior_steps"] == 3  # default filled in
+    assert result["settings"]["decoder_steps"] == 2
+    assert result["settings"]["stages"]["prior"]["steps"] == 3  # the pipeline's own defaults are reported too
     again = client.post("/api/generate", json=body).json()["result"]
     assert [i["png_base64"] for i in again["images"]] == [i["png_base64"] for i in result["images"]]
     url = result["images"][0]["url"]

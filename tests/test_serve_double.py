@@ -33,8 +33,8 @@ class FakePipeline:
     kind = "fake-unclip"
     stages = ("prior", "decoder", "upsampler")
     image_size = 16
-    defaults = {"prior_steps": 3, "decoder_steps": 4, "upsampler_steps": 2, "prior_guidance": 4.0,
-                "decoder_guidance": 3.0}
+    defaults = {"prior": {"steps": 3, "guidance_scale": 4.0}, "decoder": {"steps": 4, "guidance_scale": 3.0},
+                "upsampler": {"steps": 2, "guidance_scale": 1.0}}
 
     def __init__(self, *, step_delay: float = 0.0, fail: Exception | None = None):
         self.step_delay = step_delay
@@ -45,22 +45,22 @@ class FakePipeline:
         self.max_active = 0  # how many calls ran at the same time (the server must keep this at 1)
 
     # --- the operations the server calls ------------------------------------
-    def __call__(self, prompts, *, negative_prompt=None, num_images_per_prompt=1, seed=0, callback=None, **settings):
+    def __call__(self, prompts, *, negative_prompt=None, num_images_per_prompt=1, seed=0, callback=None, progress=True, **settings):
         self._record("generate", dict(prompts=list(prompts), negative_prompt=negative_prompt,
                                       num_images_per_prompt=num_images_per_prompt, seed=seed, **settings))
         return self._run([f"{p}|{negative_prompt or ''}" for p in prompts for _ in range(num_images_per_prompt)],
                          seed, callback, settings)
 
-    def variations(self, image, *, num_images=1, seed=0, callback=None, **settings):
+    def variations(self, image, *, num_images=1, seed=0, callback=None, progress=True, **settings):
         self._record("variations", dict(size=image.size, num_images=num_images, seed=seed, **settings))
         return self._run([f"variation|{_digest(image)}"] * num_images, seed, callback, settings)
 
-    def interpolate(self, image_a, image_b, *, num_frames=5, seed=0, callback=None, **settings):
+    def interpolate(self, image_a, image_b, *, num_frames=5, seed=0, callback=None, progress=True, **settings):
         self._record("interpolate", dict(num_frames=num_frames, seed=seed, **settings))
         keys = [f"interp|{_digest(image_a)}|{_digest(image_b)}|{i}" for i in range(num_frames)]
         return self._run(keys, seed, callback, settings, same_seed=True)
 
-    def text_diff(self, image, from_caption, to_caption, *, num_frames=5, seed=0, callback=None, **settings):
+    def text_diff(self, image, from_caption, to_caption, *, num_frames=5, seed=0, callback=None, progress=True, **settings):
         self._record("text_diff", dict(from_caption=from_caption, to_caption=to_caption, num_frames=num_frames,
                                        seed=seed, **settings))
         keys = [f"diff|{_digest(image)}|{from_caption}|{to_caption}|{i}" for i in range(num_frames)]
@@ -76,17 +76,17 @@ class FakePipeline:
             self.max_active = max(self.max_active, self.active)
         try:
             for stage in self.stages:
-                total = settings.get(f"{stage}_steps", self.defaults[f"{stage}_steps"])
+                total = settings.get(f"{stage}_steps", self.defaults[stage]["steps"])
                 for step in range(1, total + 1):
                     if self.step_delay:
                         time.sleep(self.step_delay)
                     if callback is not None:
-                        callback(stage, step, total)
+                        callback(stage, step, total, None)  # the real pipeline also passes x_t
             if self.fail is not None:
                 raise self.fail
             seeds = [seed if same_seed else seed + i for i in range(len(keys))]
             return FakeOutput(images=[fake_image(key, s) for key, s in zip(keys, seeds)], seeds=seeds,
-                              prompts=keys, settings={**self.defaults, **settings})
+                              prompts=keys, settings={"stages": self.defaults, **settings})
         finally:
             with self.lock:
                 self.active -= 1
@@ -115,4 +115,4 @@ def test_double_is_deterministic_per_seed_and_reports_every_step():
     assert [im.tobytes() for im in first.images] == [im.tobytes() for im in again.images]
     assert [im.tobytes() for im in first.images] != [im.tobytes() for im in other.images]
     assert first.seeds == [7, 8]
-    assert steps[0] == ("prior", 1, 3) and steps[-1] == ("upsampler", 2, 2) and len(steps) == 9
+    assert steps[0] == ("prior", 1, 3, None) and steps[-1] == ("upsampler", 2, 2, None) and len(steps) == 9

@@ -196,7 +196,7 @@ def _sampling(config: ServeConfig, body: SamplingIn) -> Sampling:
             raise ApiError(422, f"{name}: {value:g} is outside [{config.min_guidance:g}, {config.max_guidance:g}]")
     seed = body.seed
     if seed is None or seed == "random":
-        seed = secrets.randbelow(2**31)
+        seed = secrets.randbelow(SEED_MAX - 1024)  # room for seed + i per image
     elif not 0 <= seed <= SEED_MAX:
         raise ApiError(422, f"seed: {seed} is outside [0, {SEED_MAX}]")
     return Sampling(seed=int(seed), prior_steps=body.prior_steps, decoder_steps=body.decoder_steps,

@@ -26,10 +26,17 @@ Report = Callable[[str, int, int], None]  # (stage, step, total)
 class PipelineOutputLike(Protocol):
     images: list  # list[PIL.Image.Image]
     seeds: list  # list[int], one per image
+    prompts: list  # list[str], one per image: its prompt or a label such as "frame 3"
+    settings: dict  # every value used, defaults filled in
 
 
 class ServablePipeline(Protocol):
-    """What the server needs from a pipeline (see unclip.pipelines)."""
+    """What the server needs from a pipeline (``unclip.pipelines.unclip.UnCLIPPipeline``).
+
+    Optional attributes: ``stages`` (e.g. ("prior", "decoder", "upsampler")), ``kind``,
+    ``image_size``, ``defaults`` ({stage: {"steps", "guidance_scale", ...}}). Every call takes
+    ``progress=False`` (no terminal progress bars in a server) and ``callback(stage, step, total, ...)``.
+    """
 
     def __call__(self, prompts: Sequence[str], *, negative_prompt: str | None, num_images_per_prompt: int,
                  seed: int, callback: Callable | None, **steps_and_guidance) -> PipelineOutputLike: ...
@@ -96,8 +103,19 @@ class Backend:
                   "text-diff": "text_diff"}[operation]
         return callable(getattr(self.pipeline, method, None))
 
+    def defaults(self) -> dict:
+        """Flat defaults {"prior_steps": 25, "prior_guidance": 2.0, ...} from the pipeline's per-stage ones."""
+        flat = {}
+        for stage, values in (getattr(self.pipeline, "defaults", None) or {}).items():
+            if isinstance(values, dict):
+                if "steps" in values:
+                    flat[f"{stage}_steps"] = values["steps"]
+                if "guidance_scale" in values and stage in ("prior", "decoder"):
+                    flat[f"{stage}_guidance"] = values["guidance_scale"]
+        return flat
+
     def info(self) -> dict:
-        defaults = getattr(self.pipeline, "defaults", {}) or {}
+        defaults = self.defaults()
         return {
             "model": self.model_ref,
             "kind": getattr(self.pipeline, "kind", type(self.pipeline).__name__),
@@ -114,13 +132,13 @@ class Backend:
         kwargs = sampling.pipeline_kwargs(self.stages)
         output = self.pipeline([prompt], negative_prompt=negative_prompt or None,
                                num_images_per_prompt=num_images, seed=sampling.seed,
-                               callback=_callback(report), **kwargs)
+                               callback=_callback(report), progress=False, **kwargs)
         settings = {"prompt": prompt, "negative_prompt": negative_prompt, "num_images": num_images,
                     "seed": sampling.seed, **kwargs}
         args = ["generate", "--model", self.model_ref, prompt, "--num-images", str(num_images)]
         if negative_prompt:
             args += ["--negative-prompt", negative_prompt]
-        return self._result(output, [prompt] * len(output.images), sampling, settings,
+        return self._result(output, _labels(output, prompt), sampling, settings,
                             args + _sampling_args(sampling, kwargs), start)
 
     def variations(self, image: Image.Image, num_images: int, sampling: Sampling, report: Report) -> Result:
@@ -128,11 +146,11 @@ class Backend:
         start = time.perf_counter()
         kwargs = sampling.pipeline_kwargs(self.stages)
         output = self.pipeline.variations(image, num_images=num_images, seed=sampling.seed,
-                                          callback=_callback(report), **kwargs)
+                                          callback=_callback(report), progress=False, **kwargs)
         settings = {"num_images": num_images, "seed": sampling.seed, **kwargs}
         args = ["generate", "--model", self.model_ref, "--variations", "IMAGE.png", "--num-images", str(num_images)]
-        return self._result(output, [f"variation {i + 1}" for i in range(len(output.images))], sampling,
-                            settings, args + _sampling_args(sampling, kwargs), start)
+        return self._result(output, _labels(output, "variation"), sampling, settings,
+                            args + _sampling_args(sampling, kwargs), start)
 
     def interpolate(self, image_a: Image.Image, image_b: Image.Image, num_frames: int, sampling: Sampling,
                     report: Report) -> Result:
@@ -140,7 +158,7 @@ class Backend:
         start = time.perf_counter()
         kwargs = sampling.pipeline_kwargs(self.stages)
         output = self.pipeline.interpolate(image_a, image_b, num_frames=num_frames, seed=sampling.seed,
-                                           callback=_callback(report), **kwargs)
+                                           callback=_callback(report), progress=False, **kwargs)
         settings = {"num_frames": num_frames, "seed": sampling.seed, **kwargs}
         args = ["generate", "--model", self.model_ref, "--interpolate", "A.png", "B.png",
                 "--frames", str(num_frames)]
@@ -152,7 +170,7 @@ class Backend:
         start = time.perf_counter()
         kwargs = sampling.pipeline_kwargs(self.stages)
         output = self.pipeline.text_diff(image, from_caption, to_caption, num_frames=num_frames,
-                                         seed=sampling.seed, callback=_callback(report), **kwargs)
+                                         seed=sampling.seed, callback=_callback(report), progress=False, **kwargs)
         settings = {"from_caption": from_caption, "to_caption": to_caption, "num_frames": num_frames,
                     "seed": sampling.seed, **kwargs}
         args = ["generate", "--model", self.model_ref, "--text-diff", "IMAGE.png", from_caption, to_caption,
@@ -175,12 +193,17 @@ class Backend:
 
     def _frames(self, output, sampling, settings, args, start) -> Result:
         frames = list(output.images)
-        n = len(frames)
-        labels = [f"frame {i + 1}/{n} (t={i / max(1, n - 1):.2f})" for i in range(n)]
-        result = self._result(output, labels, sampling, settings, args, start)
+        result = self._result(output, _labels(output, "frame"), sampling, settings, args, start)
         result.gif = gif_bytes(frames)
         result.strip_png = png_bytes(strip(frames))
         return result
+
+
+def _labels(output, fallback: str) -> list[str]:
+    """One caption per image: the pipeline's prompt/label for it, else ``fallback``."""
+    labels = [str(label) for label in (getattr(output, "prompts", None) or [])]
+    n = len(output.images)
+    return labels if len(labels) == n else [fallback if n == 1 else f"{fallback} {i + 1}" for i in range(n)]
 
 
 def _callback(report: Report) -> Callable:

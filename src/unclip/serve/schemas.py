@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SEED_MAX = 2**32 - 1
+SEED_MAX = 2**31 - 1  # as unclip.pipelines.unclip.SEED_MAX; image i uses seed + i
 
 SeedField = int | Literal["random"] | None
 
@@ -20,7 +20,7 @@ class SamplingIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: SeedField = Field(None, description='integer in [0, 2^32-1], or "random"/null for a random seed '
+    seed: SeedField = Field(None, description='integer in [0, 2^31-1], or "random"/null for a random seed '
                             "(the seed used is returned so the result can be reproduced)")
     prior_steps: int | None = Field(None, ge=1, le=1000, description="diffusion prior sampling steps")
     decoder_steps: int | None = Field(None, ge=1, le=1000, description="decoder sampling steps")
