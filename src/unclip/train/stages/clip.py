@@ -1,0 +1,175 @@
+"""Stage "clip": train a contrastive text/image encoder (backends "clip" and "lit").
+
+Backend "clip" trains both towers from scratch (Radford et al. 2021); backend
+"lit" keeps a pretrained text tower locked and trains its projection and the
+image tower (Zhai et al. 2022). Both minimise the symmetric InfoNCE loss
+(``unclip.encoders.clip.clip_loss``), with captions that repeat inside a batch
+counted as positives of each other (small grammars repeat captions often).
+
+At setup the BPE tokenizer (backend "clip") is trained on the training
+captions in index order, so the same data give the same tokenizer. The export
+writes ``RUNDIR/final/encoder`` (weights, tokenizer, ``encoder.json``) with
+``embed_stats.safetensors`` computed on the training split.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from unclip.checkpoint import atomic_write_text
+from unclip.encoders.clip import ClipConfig, ClipEncoder, clip_loss
+from unclip.encoders.lit import LitConfig
+from unclip.train.config import TrainConfig
+from unclip.train.stage import Stage
+
+__all__ = ["ClipDataConfig", "ClipStageConfig", "ClipStage"]
+
+
+@dataclass(frozen=True)
+class ClipDataConfig:
+    path: str = "data/shapes32"
+    image_size: int = 0              # 0: the image tower's size
+    eval_split: str = "val"
+    eval_items: int = 1000           # retrieval check on this many eval items
+    stats_items: int = 20000         # training items used for embed_stats
+    tokenizer_vocab: int = 0         # 0: the text tower's vocab_size
+
+
+@dataclass(frozen=True)
+class ClipStageConfig:
+    backend: Literal["clip", "lit"] = "clip"
+    model: ClipConfig = field(default_factory=ClipConfig)   # used when backend == "clip"
+    lit: LitConfig = field(default_factory=LitConfig)       # used when backend == "lit"
+    data: ClipDataConfig = field(default_factory=ClipDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class _ImageCaption(Dataset):
+    """Items ``{"image": [3,S,S], "caption": str}`` from any unclip dataset."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        return {"image": item["image"], "caption": item["caption"]}
+
+
+def dataset_captions(dataset: Dataset) -> list[str]:
+    """Captions of a dataset in index order, without decoding images where the dataset allows."""
+    rows = getattr(dataset, "rows", None)
+    if isinstance(rows, list) and all(isinstance(r, dict) and "caption" in r for r in rows):
+        return [r["caption"] for r in rows]
+    return [dataset[i]["caption"] for i in range(len(dataset))]
+
+
+class ClipStage(Stage):
+    name = "clip"
+    config_class = ClipStageConfig
+
+    def __init__(self, config: ClipStageConfig):
+        super().__init__(config)
+        self._tokenizer = None
+        self._text_cache: dict[str, torch.Tensor] = {}   # lit: frozen pooled features per caption
+
+    # --- data ----------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        cfg = self.config
+        vision = cfg.model.vision if cfg.backend == "clip" else cfg.lit.vision
+        return cfg.data.image_size or vision.image_size
+
+    def _open(self, split: str) -> Dataset:
+        from unclip.data import open_dataset
+
+        return open_dataset(self.config.data.path, split=split, image_size=self.image_size)
+
+    def build_dataset(self, split: str) -> Dataset:
+        if split != "train":
+            split = self.config.data.eval_split
+        return _ImageCaption(self._open(split))
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples]}
+
+    # --- model ---------------------------------------------------------------
+    def tokenizer(self):
+        """The BPE tokenizer trained on the training captions (built once, deterministic)."""
+        if self._tokenizer is None:
+            from unclip.encoders.tokenizer import train_bpe
+
+            vocab = self.config.data.tokenizer_vocab or self.config.model.text.vocab_size
+            self._tokenizer = train_bpe(dataset_captions(self._open("train")), vocab_size=vocab)
+        return self._tokenizer
+
+    def build_model(self) -> torch.nn.Module:
+        if self.config.backend == "clip":
+            return ClipEncoder(self.config.model, tokenizer=self.tokenizer())
+        from unclip.encoders.lit import LitEncoder
+
+        return LitEncoder(self.config.lit)
+
+    def setup(self, device: torch.device) -> None:
+        if self.config.backend == "clip":
+            self.tokenizer()
+
+    # --- loss ----------------------------------------------------------------
+    def _lit_text(self, model, captions: list[str]) -> torch.Tensor:
+        """Frozen MiniLM pooled features [B, W], cached per caption (the tower never changes)."""
+        missing = sorted({c for c in captions if c not in self._text_cache})
+        for start in range(0, len(missing), 256):
+            chunk = missing[start:start + 256]
+            pooled = model.frozen_text_features(chunk)[0].cpu()
+            self._text_cache.update(zip(chunk, pooled))
+        return torch.stack([self._text_cache[c] for c in captions])
+
+    def embed_batch(self, model, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        image_embed = model.encode_image(images)                          # [B, D]
+        if self.config.backend == "lit":
+            pooled = self._lit_text(model, captions).to(image_embed.device)
+            text_embed = model.project_text(pooled)                       # [B, D]
+        else:
+            text_embed = model.encode_text(captions).embed                # [B, D]
+        return image_embed, text_embed
+
+    def loss(self, model, batch, generator):
+        captions = list(batch["caption"])
+        image_embed, text_embed = self.embed_batch(model, batch["image"], captions)
+        ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        caption_ids = torch.tensor([ids[c] for c in captions], device=image_embed.device)
+        same = caption_ids[:, None] == caption_ids[None, :]               # [B, B] shared caption
+        return clip_loss(image_embed, text_embed, model.scale(), same)
+
+    # --- evaluation and export ---------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model, out_dir: Path, step: int) -> dict[str, float]:
+        from unclip.eval.retrieval import evaluate_encoder
+
+        dataset = self._open(self.config.data.eval_split)
+        was_training = model.training
+        metrics = evaluate_encoder(model.eval(), dataset, max_items=self.config.data.eval_items)
+        model.train(was_training)
+        return metrics
+
+    @torch.no_grad()
+    def export(self, model, out_dir: Path) -> Path:
+        from unclip.encoders.stats import compute_embed_stats, save_embed_stats
+
+        directory = Path(out_dir) / "encoder"
+        model = model.eval()
+        if self.config.backend == "clip" and getattr(model, "tokenizer", None) is None:
+            model.set_tokenizer(self.tokenizer())
+        model.save(directory)
+        stats = compute_embed_stats(model, self._open("train"), max_items=self.config.data.stats_items)
+        save_embed_stats(directory, stats)
+        atomic_write_text(directory / "data.json", json.dumps({"data": self.config.data.path}) + "\n")
+        return directory
