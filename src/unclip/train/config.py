@@ -27,6 +27,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     eval_every: int = 0                   # 0: only at the end
+    cpu: bool = False                     # train on CPU even when a GPU is present
 
     def __post_init__(self):
         if self.steps < 1:
@@ -37,3 +38,7 @@ class TrainConfig:
             raise ValueError("lr must be > 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError("ema_decay must be in [0, 1)")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.eval_every < 0:
+            raise ValueError("checkpoint_every and log_every must be >= 1, eval_every >= 0")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0:
+            raise ValueError("warmup_steps, grad_clip and num_workers must be >= 0")

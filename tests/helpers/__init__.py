@@ -1,0 +1,1 @@
+"""Test-only helpers (tiny stages for the training-engine tests)."""
