@@ -36,7 +36,7 @@ def register(subparsers) -> None:
   unclip data build shapes --out data/shapes32 --size 32 --count 4800 --seed 0
   unclip data build emoji --out data/emoji64 --size 64
   unclip data build icons --out data/icons64 --size 64
-  unclip data build emoji --out /tmp/tiny --packages tests/fixtures/emoji --size 32""",
+  unclip data build emoji --out /tmp/tiny --packages tests/fixtures/emoji --styles twemoji,fluent""",
         func=_build,
     )
     build.add_argument("kind", choices=BUILDERS, help="which dataset to build")
@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     build.add_argument("--seed", type=int, default=0, help="seed for shapes order/jitter and for the splits")
     build.add_argument("--jitter", type=float, default=None,
                        help="shapes only: centre/size jitter as a fraction of the side (0 = canonical, max 0.05)")
+    build.add_argument("--styles", default=None,
+                       help="emoji: comma list of noto,twemoji,openmoji,fluent; icons: outline,filled (default all)")
     build.add_argument("--cache", type=Path, default=None, help="npm tarball cache (default ~/.cache/unclip/npm)")
     build.add_argument("--packages", type=Path, default=None,
                        help="directory of already-downloaded .tgz files or extracted packages (no network)")
@@ -98,12 +100,15 @@ def _build(args) -> int:
     if args.kind == "shapes":
         from unclip.data.shapes import DEFAULT_COUNT, DEFAULT_JITTER, build_shapes
 
+        if args.styles or args.packages or args.cache:
+            raise DataError("--styles, --packages and --cache apply to emoji and icons only; drop them")
         jitter = DEFAULT_JITTER if args.jitter is None else args.jitter
         built = build_shapes(args.out, image_size=args.size, count=args.count or DEFAULT_COUNT,
                              seed=args.seed, jitter=jitter, progress=_progress("shapes"))
     else:
         if args.jitter is not None:
             raise DataError("--jitter applies to shapes only; drop it")
+        styles = {} if args.styles is None else {"styles": tuple(s.strip() for s in args.styles.split(",") if s.strip())}
         from unclip.data.npm import DEFAULT_CACHE
 
         cache = args.cache or DEFAULT_CACHE
@@ -112,7 +117,7 @@ def _build(args) -> int:
         else:
             from unclip.data.icons import build_icons as builder
         built = builder(args.out, image_size=args.size, seed=args.seed, limit=args.count, cache=cache,
-                        packages=args.packages, progress=_progress(args.kind))
+                        packages=args.packages, progress=_progress(args.kind), **styles)
     if not built:
         print(f"{args.out}: already built with these parameters; nothing to do")
         return 0

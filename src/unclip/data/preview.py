@@ -25,7 +25,7 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def caption_grid(images: Sequence[Image.Image], captions: Sequence[str], cell: int = 128,
-                 columns: int | None = None, lines: int = 3) -> Image.Image:
+                 columns: int | None = None, lines: int = 4) -> Image.Image:
     """Images scaled to ``cell`` px (nearest for integer upscales) with wrapped captions below."""
     if not images:
         raise DataError("nothing to draw: the grid has no images")
