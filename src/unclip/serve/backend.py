@@ -107,7 +107,7 @@ class Backend:
         """Flat defaults {"prior_steps": 25, "prior_guidance": 2.0, ...} from the pipeline's per-stage ones."""
         flat = {}
         for stage, values in (getattr(self.pipeline, "defaults", None) or {}).items():
-            if isinstance(values, dict):
+            if isinstance(values, dict) and stage in self.stages:
                 if "steps" in values:
                     flat[f"{stage}_steps"] = values["steps"]
                 if "guidance_scale" in values and stage in ("prior", "decoder"):
