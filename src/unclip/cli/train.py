@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 
 from unclip.cli.common import add_command
@@ -55,9 +56,9 @@ def _overrides(args) -> list[str]:
     return overrides
 
 
-def _check_image_only(stage, spec: str) -> None:
-    data = getattr(stage.config_class, "__dataclass_fields__", {}).get("data")
-    fields = {f.name for f in dataclasses.fields(data.type)} if data and dataclasses.is_dataclass(data.type) else set()
+def _check_image_only(stage_cls, spec: str) -> None:
+    data_cls = typing.get_type_hints(stage_cls.config_class).get("data")
+    fields = {f.name for f in dataclasses.fields(data_cls)} if dataclasses.is_dataclass(data_cls) else set()
     if "image_only" not in fields:
         raise UnclipError(f"stage {spec!r} cannot train from images alone; --images is for clipvq "
                           "(use --data for captioned datasets)")
