@@ -39,6 +39,7 @@ class ClipDataConfig:
     eval_items: int = 1000           # retrieval check on this many eval items
     stats_items: int = 20000         # training items used for embed_stats
     tokenizer_vocab: int = 0         # 0: the text tower's vocab_size
+    cache: bool = True               # keep decoded training images in memory
 
 
 @dataclass(frozen=True)
@@ -51,17 +52,27 @@ class ClipStageConfig:
 
 
 class _ImageCaption(Dataset):
-    """Items ``{"image": [3,S,S], "caption": str}`` from any unclip dataset."""
+    """Items ``{"image": [3,S,S], "caption": str}`` from any unclip dataset.
 
-    def __init__(self, dataset: Dataset):
+    With ``cache`` the decoded items are kept in memory (per loader worker):
+    small datasets then decode each PNG once instead of once per epoch.
+    """
+
+    def __init__(self, dataset: Dataset, cache: bool = False):
         self.dataset = dataset
+        self.cache: dict[int, dict[str, Any]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.cache is not None and index in self.cache:
+            return self.cache[index]
         item = self.dataset[index]
-        return {"image": item["image"], "caption": item["caption"]}
+        item = {"image": item["image"], "caption": item["caption"]}
+        if self.cache is not None:
+            self.cache[index] = item
+        return item
 
 
 def dataset_captions(dataset: Dataset) -> list[str]:
@@ -96,7 +107,7 @@ class ClipStage(Stage):
     def build_dataset(self, split: str) -> Dataset:
         if split != "train":
             split = self.config.data.eval_split
-        return _ImageCaption(self._open(split))
+        return _ImageCaption(self._open(split), cache=self.config.data.cache and split == "train")
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples]}
