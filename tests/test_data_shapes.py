@@ -128,3 +128,18 @@ def test_build_refuses_foreign_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="not empty"):
         build_shapes(tmp_path, image_size=16, count=4)
+
+
+@pytest.mark.parametrize("command", ["build", "info", "preview"])
+def test_data_subcommands_have_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["data", command, "--help"])
+    assert exc.value.code == 0
+    assert "examples:" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["data", "info", str(tmp_path / "nope")]) == 2
+    assert main(["data", "preview", str(tmp_path), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
