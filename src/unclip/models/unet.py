@@ -73,8 +73,10 @@ class UNetConfig:
             raise ValueError(f"image_size {self.image_size} must be divisible by {factor} for {len(self.channel_mults)} levels")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
-        for mult in self.channel_mults:
-            if self.attention_resolutions and (self.base_channels * mult) % self.head_channels:
+        for level, mult in enumerate(self.channel_mults):
+            attends = self.image_size // 2**level in self.attention_resolutions or (
+                level == len(self.channel_mults) - 1 and self.attention_resolutions)  # middle block
+            if attends and (self.base_channels * mult) % self.head_channels:
                 raise ValueError(f"channels {self.base_channels * mult} not divisible by head_channels {self.head_channels}")
         if self.image_embed_dim and self.num_image_tokens < 0:
             raise ValueError("num_image_tokens must be >= 0")

@@ -1,1 +1,90 @@
+"""Inference pipelines: text → image with unCLIP (``UnCLIPPipeline``) or CLIP-VQDiffusion.
 
+Every pipeline is one directory (``pipeline.json`` + one sub-folder per component) and every
+text→image pipeline is called the same way (see docs/pipeline.md)::
+
+    pipe = load_pipeline("runs/pipeline-shapes")      # or a shipped model name, e.g. "emoji"
+    out = pipe(["a red circle"], num_images_per_prompt=4, seed=0)
+    out.images[0].save("a.png"); out.seeds               # per-image seeds reproduce any image
+
+``load_pipeline`` dispatches on ``pipeline.json``'s ``"kind"``: ``"unclip"`` → ``UnCLIPPipeline``,
+``"clipvq"`` → ``unclip.pipelines.clip_vq.ClipVQPipeline``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unclip.errors import CheckpointError, UnclipError
+from unclip.pipelines.registry import PIPELINE_FILE, resolve_model
+
+__all__ = ["PipelineOutput", "PIPELINE_KINDS", "load_pipeline", "read_pipeline_json", "assemble"]
+
+PIPELINE_KINDS = {
+    "unclip": "unclip.pipelines.unclip:UnCLIPPipeline",
+    "clipvq": "unclip.pipelines.clip_vq:ClipVQPipeline",
+}
+
+
+@dataclass
+class PipelineOutput:
+    """What every pipeline call returns.
+
+    ``images``: list of PIL images (or a float array [N, H, W, 3] in [0, 1] for ``output_type="np"``,
+    or a tensor [N, 3, H, W] in [-1, 1] for ``"pt"``); ``seeds[i]`` reproduces image i alone
+    (same prompt and settings, ``num_images_per_prompt=1``, ``seed=seeds[i]``); ``prompts[i]`` is
+    image i's prompt (or a label such as ``"frame 3"``); ``settings`` holds every value used.
+    """
+
+    images: Any
+    seeds: list[int]
+    prompts: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def read_pipeline_json(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / PIPELINE_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is missing or unreadable; is {directory} a pipeline directory?") from None
+    if not isinstance(info, dict) or not isinstance(info.get("kind"), str):
+        raise CheckpointError(f"{path} names no pipeline kind; rebuild the pipeline directory")
+    return info
+
+
+def load_pipeline(path_or_name: str | Path | None = None, *, device: str | torch.device = "cpu"):
+    """Load a pipeline from a directory or a shipped model name (default ``"emoji"``)."""
+    directory = resolve_model(path_or_name)
+    kind = read_pipeline_json(directory)["kind"]
+    if kind not in PIPELINE_KINDS:
+        raise CheckpointError(f"{directory / PIPELINE_FILE} has unknown kind {kind!r} "
+                              f"(known: {', '.join(PIPELINE_KINDS)})")
+    module_name, _, class_name = PIPELINE_KINDS[kind].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise UnclipError(f"pipeline kind {kind!r} is not available in this build") from None
+        raise
+    return getattr(module, class_name).load(directory, device=device)
+
+
+def assemble(out_dir: str | Path, *, encoder: str | Path, decoder: str | Path, prior: str | Path | None = None,
+             upsampler: str | Path | None = None, defaults: dict[str, Any] | None = None,
+             name: str | None = None):
+    """Build an unCLIP pipeline directory from trained stage outputs; returns the loaded pipeline.
+
+    ``encoder``: an encoder directory; ``prior``/``decoder``/``upsampler``: a training run directory
+    (``RUNDIR``, read from ``RUNDIR/final/<stage>``), its ``final`` folder, or the component folder itself.
+    """
+    from unclip.pipelines.unclip import assemble_unclip
+
+    return assemble_unclip(out_dir, encoder=encoder, decoder=decoder, prior=prior, upsampler=upsampler,
+                           defaults=defaults, name=name)

@@ -1,0 +1,230 @@
+"""``unclip generate``, ``unclip vary``, ``unclip interpolate`` and ``unclip textdiff``.
+
+Text → images with a pipeline directory or shipped model (``--model NAME|PATH``), plus the unCLIP
+image manipulations (paper §3). Every input is checked before the model loads; outputs are written
+atomically and their paths printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from unclip.cli.common import add_command, float_in_range, int_in_range
+from unclip.errors import UnclipError
+from unclip.pipelines.registry import DEFAULT_MODEL
+
+SAMPLER_CHOICES = ("ddim", "ddpm", "dpm++2m")
+
+
+def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name or pipeline directory")
+    parser.add_argument("--seed", type=int_in_range(0, 2**31 - 1), default=None,
+                        help="seed of the first image (image i uses seed+i); default: random")
+    if prior:
+        parser.add_argument("--prior-steps", type=int_in_range(1, 1000), default=None, help="prior sampling steps")
+        parser.add_argument("--prior-guidance", type=float_in_range(0, 50), default=None,
+                            help="prior classifier-free guidance scale")
+    parser.add_argument("--decoder-steps", type=int_in_range(1, 1000), default=None, help="decoder sampling steps")
+    parser.add_argument("--decoder-guidance", type=float_in_range(0, 50), default=None,
+                        help="decoder classifier-free guidance scale")
+    parser.add_argument("--upsampler-steps", type=int_in_range(1, 1000), default=None,
+                        help="upsampler sampling steps")
+    parser.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
+                        help="sampler for every stage (default: the model's)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers) -> None:
+    p = add_command(subparsers, "generate", help="generate images from text",
+                    description="Generate images from a text prompt with an unCLIP or CLIP-VQDiffusion pipeline.",
+                    examples="""
+  unclip generate "a red circle" -n 4 --seed 0 --out grid.png
+  unclip generate "a red circle" --model runs/pipeline-shapes -n 8 --out-dir samples/
+  unclip generate "a smiling cat" --decoder-guidance 5 --prior-steps 50 --sampler ddpm
+  unclip generate "a blue square" --negative "a small shape" --out square.png""", func=_generate)
+    p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
+    p.add_argument("-n", "--num-images", type=int_in_range(1, 64), default=4, help="images per prompt")
+    p.add_argument("--negative", "--negative-prompt", dest="negative", default=None,
+                   help="negative prompt (the unconditional branch of classifier-free guidance)")
+    p.add_argument("--out", default=None, help="grid PNG to write (default: grid.png unless --out-dir)")
+    p.add_argument("--out-dir", default=None, help="write one PNG per image plus generation.json here")
+    p.add_argument("--columns", type=int_in_range(1, 64), default=None, help="grid columns")
+    _add_model_args(p)
+
+    p = add_command(subparsers, "vary", help="variations of an image (unCLIP §3.1)",
+                    description="Encode an image with CLIP and decode its embedding with different seeds.",
+                    examples="""
+  unclip vary photo.png -n 4 --seed 0 --out variations.png --model runs/pipeline-shapes
+  unclip vary photo.png --invert --eta 0.5 --out close-variations.png""", func=_vary)
+    p.add_argument("image", help="input image file")
+    p.add_argument("-n", "--num-images", type=int_in_range(1, 64), default=4)
+    p.add_argument("--invert", action="store_true",
+                   help="start from the image's DDIM-inverted latent (faithful; diversity set by --eta)")
+    p.add_argument("--eta", type=float_in_range(0, 1), default=0.8, help="DDIM eta with --invert")
+    p.add_argument("--out", default="variations.png", help="grid PNG to write")
+    _add_model_args(p, prior=False)
+
+    p = add_command(subparsers, "interpolate", help="interpolate between two images (unCLIP §3.2)",
+                    description="Slerp between two images' CLIP embeddings; writes a strip PNG and an animated GIF.",
+                    examples="""
+  unclip interpolate a.png b.png --frames 8 --out interp.png --model runs/pipeline-shapes
+  unclip interpolate a.png b.png --noise inversion --out interp.png""", func=_interpolate)
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    p.add_argument("--frames", type=int_in_range(2, 64), default=8)
+    p.add_argument("--noise", choices=("fixed", "inversion"), default="fixed",
+                   help="decoder noise: one fixed seed, or slerp of the DDIM-inverted latents")
+    p.add_argument("--out", default="interpolation.png", help="strip PNG (the GIF goes beside it)")
+    _add_model_args(p, prior=False)
+
+    p = add_command(subparsers, "textdiff", help="edit an image with a text diff (unCLIP §3.3)",
+                    description="Move an image's CLIP embedding towards normalise(z_to - z_from); writes a strip.",
+                    examples="""
+  unclip textdiff cat.png --from "a photo of a cat" --to "an anime drawing of a cat" --out edit.png
+  unclip textdiff red.png --from "a red circle" --to "a blue circle" --frames 6 --max-theta 0.5""",
+                    func=_textdiff)
+    p.add_argument("image")
+    p.add_argument("--from", dest="from_caption", required=True, help="caption describing the image now")
+    p.add_argument("--to", dest="to_caption", required=True, help="caption of the target")
+    p.add_argument("--frames", type=int_in_range(2, 64), default=6)
+    p.add_argument("--max-theta", type=float_in_range(0.01, 1.0), default=0.5, help="largest slerp weight")
+    p.add_argument("--noise", choices=("fixed", "inversion"), default="inversion")
+    p.add_argument("--out", default="textdiff.png", help="strip PNG (the GIF goes beside it)")
+    _add_model_args(p, prior=False)
+
+
+# --- helpers ------------------------------------------------------------------------
+def _png_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise UnclipError(f"--out {path} must end in .png")
+    if path.exists() and path.is_dir():
+        raise UnclipError(f"--out {path} is a directory; give a file name ending in .png (or use --out-dir)")
+    if not path.parent.exists():
+        raise UnclipError(f"directory {path.parent} does not exist; create it or choose another --out")
+    return path
+
+
+def _check_image(text: str) -> None:
+    from unclip.pipelines.images import load_image
+
+    load_image(text)  # raises a one-line error for missing or corrupt files
+
+
+def _stage_kwargs(args, *, prior: bool = True) -> dict:
+    names = ["decoder_steps", "decoder_guidance", "upsampler_steps", "sampler"]
+    if prior:
+        names += ["prior_steps", "prior_guidance"]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _load(args):
+    from unclip.pipelines import load_pipeline
+
+    return load_pipeline(args.model, device=args.device)
+
+
+def _kwargs_for(pipe, kwargs: dict) -> dict:
+    """Drop settings for stages the pipeline lacks; reject ones that cannot apply."""
+    stages = getattr(pipe, "stages", ("prior", "decoder", "upsampler"))
+    return {k: v for k, v in kwargs.items() if k == "sampler" or k.split("_")[0] in stages}
+
+
+def _command() -> str:
+    return shlex.join(["unclip", *sys.argv[1:]])
+
+
+# --- commands -------------------------------------------------------------------------
+def _generate(args) -> int:
+    from unclip.checkpoint import atomic_write_text
+    from unclip.pipelines.images import image_grid, save_png
+
+    prompts = [p for p in args.prompt]
+    if any(not p.strip() for p in prompts):
+        raise UnclipError("empty prompt: give some text, e.g. unclip generate \"a red circle\"")
+    out = _png_path(args.out) if args.out else None
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise UnclipError(f"--out-dir {out_dir} is a file; give a directory")
+    if out is None and out_dir is None:
+        out = _png_path("grid.png")
+    pipe = _load(args)
+    result = pipe(prompts, negative_prompt=args.negative, num_images_per_prompt=args.num_images, seed=args.seed,
+                  progress=not args.quiet, **_kwargs_for(pipe, _stage_kwargs(args)))
+    written = []
+    if out is not None:
+        written.append(save_png(image_grid(result.images, columns=args.columns or args.num_images), out))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
+            path = save_png(image, out_dir / f"{i:03d}-seed{seed}.png")
+            files.append({"file": path.name, "prompt": result.prompts[i], "seed": seed})
+        record = {"prompts": prompts, "negative_prompt": args.negative, "model": args.model,
+                  "settings": result.settings, "images": files, "command": _command(),
+                  "reproduce": "unclip generate PROMPT --model MODEL -n 1 --seed SEED (same settings)"}
+        atomic_write_text(out_dir / "generation.json", json.dumps(record, indent=2, default=str) + "\n")
+        written.append(out_dir / "generation.json")
+    seeds = result.seeds
+    print(f"wrote {', '.join(str(p) for p in written)} ({len(seeds)} images, seeds {seeds[0]}..{seeds[-1]})")
+    return 0
+
+
+def _vary(args) -> int:
+    from unclip.pipelines.images import image_grid, save_png
+
+    _check_image(args.image)
+    out = _png_path(args.out)
+    pipe = _load(args)
+    _require(pipe, "variations")
+    result = pipe.variations(args.image, num_images=args.num_images, seed=args.seed, from_inversion=args.invert,
+                             eta=args.eta, progress=not args.quiet, **_kwargs_for(pipe, _stage_kwargs(args, prior=False)))
+    save_png(image_grid(result.images), out)
+    print(f"wrote {out} ({len(result.images)} variations, seeds {result.seeds[0]}..{result.seeds[-1]})")
+    return 0
+
+
+def _write_strip(result, out: Path) -> Path:
+    from unclip.pipelines.images import image_grid, save_gif, save_png
+
+    save_png(image_grid(result.images, columns=len(result.images)), out)
+    gif = save_gif(result.images, out.with_suffix(".gif"))
+    print(f"wrote {out} and {gif} ({len(result.images)} frames, seed {result.seeds[0]})")
+    return gif
+
+
+def _interpolate(args) -> int:
+    _check_image(args.image_a)
+    _check_image(args.image_b)
+    out = _png_path(args.out)
+    pipe = _load(args)
+    _require(pipe, "interpolate")
+    result = pipe.interpolate(args.image_a, args.image_b, num_frames=args.frames, seed=args.seed, noise=args.noise,
+                              progress=not args.quiet, **_kwargs_for(pipe, _stage_kwargs(args, prior=False)))
+    _write_strip(result, out)
+    return 0
+
+
+def _textdiff(args) -> int:
+    if not args.from_caption.strip() or not args.to_caption.strip():
+        raise UnclipError("--from and --to need non-empty captions")
+    _check_image(args.image)
+    out = _png_path(args.out)
+    pipe = _load(args)
+    _require(pipe, "text_diff")
+    result = pipe.text_diff(args.image, args.from_caption, args.to_caption, num_frames=args.frames,
+                            max_theta=args.max_theta, seed=args.seed, noise=args.noise, progress=not args.quiet,
+                            **_kwargs_for(pipe, _stage_kwargs(args, prior=False)))
+    _write_strip(result, out)
+    return 0
+
+
+def _require(pipe, method: str) -> None:
+    if not callable(getattr(pipe, method, None)):
+        raise UnclipError(f"this model ({getattr(pipe, 'kind', type(pipe).__name__)}) cannot do {method}; "
+                          "use an unCLIP pipeline")

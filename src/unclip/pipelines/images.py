@@ -1,0 +1,99 @@
+"""Image conversions, grids and file I/O shared by the pipelines, stages and the CLI.
+
+Tensors are [B, 3, H, W] in [-1, 1]; PIL images are RGB; numpy arrays are [B, H, W, 3] float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from unclip.checkpoint import atomic_write
+from unclip.errors import UnclipError
+
+__all__ = ["to_pil", "to_numpy", "from_pil", "image_grid", "load_image", "save_png", "save_gif"]
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """[B, 3, H, W] in [-1, 1] → list of RGB PIL images."""
+    array = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB") for a in array]
+
+
+def to_numpy(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] → [B, H, W, 3] float32 in [0, 1]."""
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
+def from_pil(image: Image.Image, size: int | None = None) -> torch.Tensor:
+    """RGB PIL image → [3, S, S] in [-1, 1] (centre-cropped square, resized to ``size`` with Lanczos)."""
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)  # transparent → white, as the datasets render
+    image = image.convert("RGB")
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if size is not None and side != size:
+        image = image.resize((size, size), Image.LANCZOS)
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+    return array.permute(2, 0, 1) / 127.5 - 1
+
+
+def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
+    """Read an image file → [3, S, S] in [-1, 1]; missing or corrupt files raise a one-line UnclipError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnclipError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return from_pil(image, size)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UnclipError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from None
+
+
+def image_grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2) -> Image.Image:
+    """Tile PIL images (all the same size) into one white-padded grid; ``columns`` defaults to ~sqrt(N)."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    n = len(images)
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width + (columns + 1) * pad, rows * height + (rows + 1) * pad), "white")
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid.paste(image, (pad + c * (width + pad), pad + r * (height + pad)))
+    return grid
+
+
+def _check_suffix(path: Path, suffixes: tuple[str, ...]) -> None:
+    if path.suffix.lower() not in suffixes:
+        raise UnclipError(f"output {path} must end in {' or '.join(suffixes)}")
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write a PNG atomically (no half-written files)."""
+    path = Path(path)
+    _check_suffix(path, (".png",))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return path
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | Path, duration_ms: int = 120) -> Path:
+    """Write an animated, looping GIF atomically (plays forward then back)."""
+    path = Path(path)
+    _check_suffix(path, (".gif",))
+    frames = list(frames)
+    sequence = frames + frames[-2:0:-1]
+    atomic_write(path, lambda tmp: sequence[0].save(tmp, format="GIF", save_all=True, append_images=sequence[1:],
+                                                    duration=duration_ms, loop=0))
+    return path

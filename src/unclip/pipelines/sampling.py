@@ -1,0 +1,116 @@
+"""Sampling the unCLIP decoder and upsampler: conditioning glue around ``unclip.diffusion.samplers``.
+
+unCLIP §2.2: the decoder P(x | z_i, y) is sampled with classifier-free guidance (Ho & Salimans 2022,
+eq. 6) whose unconditional branch uses the learned null CLIP embedding and null caption (or, with a
+negative prompt, the negative caption's text tokens); the upsamplers are unguided and take the low-res
+image. These functions build the keyword arguments the ``UNet`` expects and call a pure sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from unclip.diffusion.gaussian import GaussianDiffusion
+from unclip.diffusion.guidance import classifier_free_guidance
+from unclip.diffusion.samplers import SAMPLERS, sample
+from unclip.errors import UnclipError
+from unclip.models.unet import UNet
+
+__all__ = ["decoder_kwargs", "sample_decoder", "sample_upsampler", "is_stochastic", "check_sampler"]
+
+
+def check_sampler(name: str, eta: float = 0.0) -> None:
+    if name not in SAMPLERS:
+        raise UnclipError(f"unknown sampler {name!r} (choose from: {', '.join(SAMPLERS)})")
+    if eta and name != "ddim":
+        raise UnclipError(f"eta applies only to the 'ddim' sampler, not {name!r}")
+
+
+def is_stochastic(sampler: str, eta: float = 0.0) -> bool:
+    """True when the sampler draws fresh noise at each step (so batching changes results)."""
+    return sampler == "ddpm" or (sampler == "ddim" and eta > 0)
+
+
+def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    extra = length - tokens.shape[1]
+    if extra <= 0:
+        return tokens, mask
+    return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+
+
+def decoder_kwargs(decoder: UNet, batch: int, device, *, image_embed=None, text=None,
+                   negative_text=None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(conditional, unconditional) UNet keyword arguments for a batch of ``batch`` images.
+
+    ``image_embed`` [B, D]; ``text`` / ``negative_text``: TextEncoding-like objects with ``embed``
+    [B, D], ``tokens`` [B, L, Dt] and ``mask`` [B, L]. The unconditional branch drops the CLIP
+    embedding and either drops the caption or, if given, uses the negative caption.
+    """
+    cfg = decoder.config
+    zeros = torch.zeros(batch, dtype=torch.bool, device=device)
+    ones = torch.ones(batch, dtype=torch.bool, device=device)
+    cond: dict[str, Any] = {}
+    uncond: dict[str, Any] = {}
+    if cfg.image_embed_dim:
+        if image_embed is None:
+            raise UnclipError("this decoder needs a CLIP image embedding (from the prior or an image)")
+        cond.update(image_embed=image_embed.to(device), drop_image=zeros)
+        uncond.update(drop_image=ones)
+    uses_text = bool(cfg.text_token_dim or cfg.text_embed_dim)
+    if uses_text:
+        if text is None:
+            if cfg.text_embed_dim:
+                raise UnclipError("this decoder is conditioned on text only: pass a prompt")
+            cond.update(drop_text=ones)  # no caption: the null caption in both branches
+            uncond.update(drop_text=ones)
+            return cond, uncond
+        tokens, mask = text.tokens.to(device), text.mask.to(device)
+        if negative_text is not None:
+            length = max(tokens.shape[1], negative_text.tokens.shape[1])
+            tokens, mask = _pad_tokens(tokens, mask, length)
+            neg_tokens, neg_mask = _pad_tokens(negative_text.tokens.to(device), negative_text.mask.to(device), length)
+        cond.update(drop_text=zeros)
+        if cfg.text_token_dim:
+            cond.update(text_tokens=tokens, text_mask=mask)
+        if cfg.text_embed_dim:
+            cond.update(text_embed=text.embed.to(device))
+        if negative_text is None:
+            uncond.update(drop_text=ones)
+        else:
+            uncond.update(drop_text=zeros)
+            if cfg.text_token_dim:
+                uncond.update(text_tokens=neg_tokens, text_mask=neg_mask)
+            if cfg.text_embed_dim:
+                uncond.update(text_embed=negative_text.embed.to(device))
+    return cond, uncond
+
+
+def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tensor, *, image_embed=None,
+                   text=None, negative_text=None, guidance_scale: float = 3.0, sampler: str = "ddim",
+                   steps: int = 25, eta: float = 0.0, generator: torch.Generator | None = None,
+                   callback: Callable | None = None) -> torch.Tensor:
+    """x_T [B, 3, H, W] → images [B, 3, H, W] in [-1, 1], guided by ``guidance_scale`` (1 = unguided)."""
+    check_sampler(sampler, eta)
+    cond, uncond = decoder_kwargs(decoder, x_T.shape[0], x_T.device, image_embed=image_embed, text=text,
+                                  negative_text=negative_text)
+    model_fn = classifier_free_guidance(decoder, guidance_scale, uncond,
+                                        learn_variance=diffusion.config.learn_variance) if uncond else decoder
+    out = sample(sampler, model_fn, x_T, diffusion, steps=steps, eta=eta, generator=generator,
+                 callback=callback, model_kwargs=cond, clip_denoised=True)
+    return out.clamp(-1, 1)
+
+
+def sample_upsampler(upsampler: UNet, diffusion: GaussianDiffusion, low_res: torch.Tensor, x_T: torch.Tensor, *,
+                     noise_level: int = 0, sampler: str = "ddim", steps: int = 25, eta: float = 0.0,
+                     generator: torch.Generator | None = None, callback: Callable | None = None) -> torch.Tensor:
+    """Upsample ``low_res`` [B, 3, h, w] given noise x_T [B, 3, H, W] → [B, 3, H, W] in [-1, 1] (unguided)."""
+    check_sampler(sampler, eta)
+    kwargs: dict[str, Any] = {"low_res": low_res.to(x_T.device, x_T.dtype)}
+    if upsampler.config.noise_level_cond:
+        kwargs["noise_level"] = torch.full((x_T.shape[0],), int(noise_level), device=x_T.device)
+    out = sample(sampler, upsampler, x_T, diffusion, steps=steps, eta=eta, generator=generator,
+                 callback=callback, model_kwargs=kwargs, clip_denoised=True)
+    return out.clamp(-1, 1)

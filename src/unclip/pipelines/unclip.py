@@ -1,0 +1,403 @@
+"""``UnCLIPPipeline``: text → CLIP text embedding → prior → decoder → upsampler (Ramesh et al. 2022, Fig. 2).
+
+Inference-only glue (house rule 8): it composes an encoder (``unclip.encoders``), an optional prior
+(``unclip.models.prior``), the decoder and an optional upsampler (``unclip.models.unet.UNet``) with the
+pure samplers of ``unclip.diffusion``. Without a prior the decoder must be the GLIDE-style text-only
+baseline (conditioned on the caption alone).
+
+Reproducibility: image i gets its own seed ``seeds[i]`` and its own ``torch.Generator``, from which its
+prior, decoder and upsampler starting noise are drawn in that order. With deterministic samplers (DDIM
+eta=0, DPM-Solver++) images are batched; with stochastic ones (DDPM, DDIM eta>0) each image is sampled
+alone with its own generator, so ``seed=seeds[i], num_images_per_prompt=1`` reproduces image i either way.
+
+Directory layout (``save`` / ``load``): ``pipeline.json`` + ``encoder/``, ``prior/``, ``decoder/``,
+``upsampler/``; each model folder holds ``model.safetensors`` (config inside) and ``component.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from unclip.checkpoint import atomic_write_text, load_model
+from unclip.config import from_dict
+from unclip.diffusion.gaussian import GaussianDiffusion
+from unclip.diffusion.schedule import DiffusionConfig
+from unclip.encoders.base import check_captions
+from unclip.errors import CheckpointError, UnclipError
+from unclip.models.unet import UNet
+from unclip.pipelines import PipelineOutput, read_pipeline_json
+from unclip.pipelines.images import to_numpy, to_pil
+from unclip.pipelines.prior_adapter import PriorComponent, load_prior_component
+from unclip.pipelines.sampling import check_sampler, is_stochastic, sample_decoder, sample_upsampler
+from unclip.train.stages.decoder import write_component
+
+__all__ = ["UnCLIPPipeline", "Component", "assemble_unclip", "make_seeds", "DEFAULTS"]
+
+DEFAULTS = {
+    "prior": {"steps": 25, "sampler": "ddim", "guidance_scale": 2.0},
+    "decoder": {"steps": 25, "sampler": "ddim", "guidance_scale": 3.0},
+    "upsampler": {"steps": 15, "sampler": "ddim"},
+}
+SEED_MAX = 2**31 - 1
+
+
+class Component:
+    """A UNet (decoder or upsampler) with its diffusion process and ``component.json`` settings."""
+
+    def __init__(self, model: UNet, info: dict[str, Any]):
+        self.model = model.eval()
+        self.info = dict(info)
+        self.diffusion = GaussianDiffusion(from_dict(DiffusionConfig, info.get("diffusion", {})))
+
+    @classmethod
+    def load(cls, directory: Path, device) -> "Component":
+        directory = Path(directory)
+        path = directory / "model.safetensors"
+        try:
+            info = json.loads((directory / "component.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            raise CheckpointError(f"{directory / 'component.json'} is missing or unreadable; re-export the model") from None
+        return cls(load_model(path, device=device, expected=UNet), info)
+
+    def save(self, directory: Path) -> None:
+        write_component(Path(directory), self.model, self.info)
+
+
+def make_seeds(seed: int | Sequence[int] | torch.Generator | None, count: int) -> list[int]:
+    """Per-image seeds: int s → s, s+1, ...; a list is used as-is; a Generator or None draws them."""
+    if isinstance(seed, torch.Generator):
+        return [int(v) for v in torch.randint(0, SEED_MAX, (count,), generator=seed)]
+    if seed is None:
+        return [secrets.randbelow(SEED_MAX) for _ in range(count)]
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != count:
+            raise UnclipError(f"got {len(seed)} seeds for {count} images; pass one seed per image or a single int")
+        seeds = [int(s) for s in seed]
+    else:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UnclipError(f"seed must be an integer, got {seed!r}")
+        seeds = [seed + i for i in range(count)]
+    if any(not 0 <= s <= SEED_MAX for s in seeds):
+        raise UnclipError(f"seeds must lie in [0, {SEED_MAX}]")
+    return seeds
+
+
+def _check_positive(name: str, value, high: float) -> None:
+    if value is None:
+        return
+    if not 0 < value <= high:
+        raise UnclipError(f"{name} must be in (0, {high:g}], got {value}")
+
+
+class UnCLIPPipeline:
+    """Text-to-image with unCLIP; also variations, interpolations and text diffs (``manipulate``)."""
+
+    kind = "unclip"
+
+    def __init__(self, encoder, decoder: Component, *, prior: PriorComponent | None = None,
+                 upsampler: Component | None = None, defaults: dict[str, dict] | None = None,
+                 name: str | None = None):
+        self.encoder = encoder.eval()
+        self.prior, self.decoder, self.upsampler = prior, decoder, upsampler
+        self.name = name
+        self.defaults = {k: dict(v, **(defaults or {}).get(k, {})) for k, v in DEFAULTS.items()}
+        cfg = decoder.model.config
+        if prior is None and cfg.image_embed_dim:
+            # Without a prior, z_i can only come from an image (variations etc.); text needs the prior.
+            self._text_to_image = False
+        else:
+            self._text_to_image = True
+        if cfg.image_embed_dim and cfg.image_embed_dim != encoder.embed_dim:
+            raise CheckpointError(f"decoder expects {cfg.image_embed_dim}-dim CLIP embeddings but the encoder "
+                                  f"gives {encoder.embed_dim}; assemble matching components")
+
+    # --- properties the server and CLI read ------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.model.parameters()).device
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        names = ("prior",) if self.prior is not None else ()
+        return names + ("decoder",) + (("upsampler",) if self.upsampler is not None else ())
+
+    @property
+    def image_size(self) -> int:
+        return (self.upsampler or self.decoder).model.config.image_size
+
+    @property
+    def decoder_size(self) -> int:
+        return self.decoder.model.config.image_size
+
+    def to(self, device) -> "UnCLIPPipeline":
+        for part in (self.encoder, self.decoder.model, *(c.model for c in (self.prior, self.upsampler) if c)):
+            part.to(device)
+        return self
+
+    # --- settings -------------------------------------------------------------------
+    def resolve_settings(self, *, prior_steps=None, decoder_steps=None, upsampler_steps=None, prior_guidance=None,
+                         decoder_guidance=None, sampler=None, prior_sampler=None, decoder_sampler=None,
+                         upsampler_sampler=None, eta=0.0) -> dict[str, dict]:
+        """Per-stage {steps, sampler, guidance_scale} from the arguments over the pipeline defaults."""
+        for name, value in (("prior_steps", prior_steps), ("decoder_steps", decoder_steps),
+                            ("upsampler_steps", upsampler_steps)):
+            _check_positive(name, value, 1000)
+        for name, value in (("prior_guidance", prior_guidance), ("decoder_guidance", decoder_guidance)):
+            if value is not None and not 0 <= value <= 50:
+                raise UnclipError(f"{name} must be in [0, 50], got {value}")
+        if not 0 <= eta <= 1:
+            raise UnclipError(f"eta must be in [0, 1], got {eta}")
+        given = {"prior": (prior_steps, prior_sampler, prior_guidance),
+                 "decoder": (decoder_steps, decoder_sampler, decoder_guidance),
+                 "upsampler": (upsampler_steps, upsampler_sampler, None)}
+        settings = {}
+        for stage in self.stages:
+            steps, stage_sampler, guidance = given[stage]
+            values = dict(self.defaults[stage])
+            values.update({k: v for k, v in (("steps", steps), ("sampler", stage_sampler or sampler),
+                                             ("guidance_scale", guidance)) if v is not None})
+            values["steps"] = int(values["steps"])
+            values["eta"] = float(eta) if values["sampler"] == "ddim" else 0.0
+            check_sampler(values["sampler"], values["eta"])
+            settings[stage] = values
+        return settings
+
+    # --- text → image -------------------------------------------------------------------
+    def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
+                 num_images_per_prompt: int = 1, seed: int | Sequence[int] | torch.Generator | None = None,
+                 callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
+                 batch_size: int = 16, **stage_settings: Any) -> PipelineOutput:
+        """Generate ``num_images_per_prompt`` images per prompt.
+
+        ``stage_settings``: ``prior_steps``, ``decoder_steps``, ``upsampler_steps``, ``prior_guidance``,
+        ``decoder_guidance``, ``sampler`` (all stages) or ``prior_sampler``/``decoder_sampler``/
+        ``upsampler_sampler``, ``eta`` (DDIM). ``callback(stage, step, total, x)`` after every step.
+        """
+        prompts = check_captions(prompts)
+        if negative_prompt is not None and not str(negative_prompt).strip():
+            negative_prompt = None
+        if not 1 <= num_images_per_prompt <= 256:
+            raise UnclipError(f"num_images_per_prompt must be in [1, 256], got {num_images_per_prompt}")
+        if not self._text_to_image:
+            raise UnclipError("this pipeline has no prior, so it cannot turn text into a CLIP image embedding; "
+                              "use variations/interpolate or assemble it with a prior")
+        settings = self.resolve_settings(**stage_settings)
+        image_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        seeds = make_seeds(seed, len(image_prompts))
+        with torch.no_grad():
+            text = self.encoder.encode_text(image_prompts)
+            negative = self.encoder.encode_text([negative_prompt] * len(image_prompts)) if negative_prompt else None
+            noise = self._noise(seeds, with_prior=self.prior is not None)
+            images = self._run(seeds, noise, settings, callback, progress, batch_size, text=text, negative=negative)
+        info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
+                "stages": settings, "model": self.name}
+        return PipelineOutput(images=self.format(images, output_type), seeds=seeds, prompts=image_prompts,
+                              settings=info)
+
+    # --- shared machinery (also used by unclip.pipelines.manipulate) ------------------
+    def _noise(self, seeds: list[int], *, with_prior: bool, decoder_noise: torch.Tensor | None = None):
+        """Per-image starting noise drawn from generator(seed_i) in the order prior, decoder, upsampler."""
+        device = self.device
+        out = {"generators": [], "prior": [], "decoder": [], "upsampler": []}
+        size = self.decoder_size
+        for s in seeds:
+            g = torch.Generator(device).manual_seed(int(s))
+            out["generators"].append(g)
+            if with_prior:
+                out["prior"].append(self.prior.noise(1, generator=g, device=device))
+            out["decoder"].append(torch.randn(1, 3, size, size, generator=g, device=device))
+            if self.upsampler is not None:
+                up = self.upsampler.model.config.image_size
+                out["upsampler"].append(torch.randn(1, 3, up, up, generator=g, device=device))
+        if decoder_noise is not None:  # fixed or DDIM-inverted latents replace the decoder noise
+            out["decoder"] = list(decoder_noise.to(device).split(1))
+        return out
+
+    def _run(self, seeds, noise, settings, callback, progress, batch_size, *, text=None, negative=None,
+             image_embed: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample all images → [N, 3, S, S] in [-1, 1], batched unless a sampler is stochastic."""
+        n = len(seeds)
+        stochastic = any(is_stochastic(v["sampler"], v["eta"]) for v in settings.values())
+        groups = [[i] for i in range(n)] if stochastic else [list(range(i, min(n, i + batch_size)))
+                                                            for i in range(0, n, batch_size)]
+        bars = {stage: tqdm(total=v["steps"] * len(groups), desc=stage, disable=not progress, leave=False)
+                for stage, v in settings.items() if not (stage == "prior" and image_embed is not None)}
+        outputs = []
+        try:
+            for group in groups:
+                outputs.append(self._run_group(group, noise, settings, bars, callback, text=text, negative=negative,
+                                               image_embed=image_embed, stochastic=stochastic))
+        finally:
+            for bar in bars.values():
+                bar.close()
+        return torch.cat(outputs)
+
+    def _run_group(self, group, noise, settings, bars, callback, *, text, negative, image_embed, stochastic):
+        generator = noise["generators"][group[0]] if stochastic else None
+        pick = lambda enc: None if enc is None else _select(enc, group)  # noqa: E731
+        text_g, negative_g = pick(text), pick(negative)
+        if image_embed is None and self.prior is None:  # GLIDE-style text-only decoder
+            z = None
+        elif image_embed is None:
+            s = settings["prior"]
+            z = self.prior.sample(
+                text_g, negative_g, noise=torch.cat([noise["prior"][i] for i in group]), steps=s["steps"],
+                sampler=s["sampler"], guidance_scale=s["guidance_scale"], eta=s["eta"], generator=generator,
+                callback=_stage_callback("prior", bars.get("prior"), callback))
+        else:
+            z = image_embed[group]
+        s = settings["decoder"]
+        x = sample_decoder(self.decoder.model, self.decoder.diffusion, torch.cat([noise["decoder"][i] for i in group]),
+                           image_embed=z, text=text_g,
+                           negative_text=negative_g, guidance_scale=s["guidance_scale"], sampler=s["sampler"],
+                           steps=s["steps"], eta=s["eta"], generator=generator,
+                           callback=_stage_callback("decoder", bars.get("decoder"), callback))
+        if self.upsampler is not None:
+            s = settings["upsampler"]
+            x = sample_upsampler(self.upsampler.model, self.upsampler.diffusion, x,
+                                 torch.cat([noise["upsampler"][i] for i in group]),
+                                 noise_level=int(self.upsampler.info.get("noise_level", 0)), sampler=s["sampler"],
+                                 steps=s["steps"], eta=s["eta"], generator=generator,
+                                 callback=_stage_callback("upsampler", bars.get("upsampler"), callback))
+        return x
+
+    @staticmethod
+    def format(images: torch.Tensor, output_type: str):
+        if output_type == "pil":
+            return to_pil(images)
+        if output_type == "np":
+            return to_numpy(images)
+        if output_type == "pt":
+            return images.detach().cpu()
+        raise UnclipError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+
+    # --- manipulations (paper §3); implemented in unclip.pipelines.manipulate ----------
+    def variations(self, image, *, num_images: int = 4, seed=None, callback=None, **kwargs) -> PipelineOutput:
+        from unclip.pipelines.manipulate import variations
+
+        return variations(self, image, num_images=num_images, seed=seed, callback=callback, **kwargs)
+
+    def interpolate(self, image_a, image_b, *, num_frames: int = 8, seed=None, callback=None, **kwargs):
+        from unclip.pipelines.manipulate import interpolate
+
+        return interpolate(self, image_a, image_b, num_frames=num_frames, seed=seed, callback=callback, **kwargs)
+
+    def text_diff(self, image, from_caption: str, to_caption: str, *, num_frames: int = 6, seed=None,
+                  callback=None, **kwargs) -> PipelineOutput:
+        from unclip.pipelines.manipulate import text_diff
+
+        return text_diff(self, image, from_caption, to_caption, num_frames=num_frames, seed=seed,
+                         callback=callback, **kwargs)
+
+    # --- save / load ---------------------------------------------------------------
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the pipeline directory atomically (a temp dir renamed into place)."""
+        directory = Path(directory)
+        if directory.exists() and not overwrite:
+            raise UnclipError(f"{directory} already exists; choose a new directory or pass overwrite=True")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.encoder.save(tmp / "encoder")
+            self.decoder.save(tmp / "decoder")
+            if self.prior is not None:
+                self.prior.save(tmp / "prior")
+            if self.upsampler is not None:
+                self.upsampler.save(tmp / "upsampler")
+            atomic_write_text(tmp / "pipeline.json", json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
+            _replace_dir(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "version": 1, "name": self.name, "image_size": self.image_size,
+                "components": {s: s for s in ("encoder",) + self.stages}, "defaults": self.defaults}
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "UnCLIPPipeline":
+        from unclip.encoders import load_encoder
+
+        directory = Path(directory)
+        info = read_pipeline_json(directory)
+        if info["kind"] != cls.kind:
+            raise CheckpointError(f"{directory} holds a {info['kind']!r} pipeline, not an unCLIP one")
+        parts = info.get("components", {})
+        for required in ("encoder", "decoder"):
+            if not (directory / parts.get(required, required)).is_dir():
+                raise CheckpointError(f"{directory} lacks its {required}/ folder; rebuild the pipeline directory")
+        encoder = load_encoder(directory / parts.get("encoder", "encoder"), device=device)
+        decoder = Component.load(directory / parts.get("decoder", "decoder"), device)
+        prior = load_prior_component(directory / parts["prior"], device) if parts.get("prior") else None
+        upsampler = Component.load(directory / parts["upsampler"], device) if parts.get("upsampler") else None
+        return cls(encoder, decoder, prior=prior, upsampler=upsampler, defaults=info.get("defaults"),
+                   name=info.get("name") or directory.name)
+
+
+def _select(encoding, index: list[int]):
+    """Rows ``index`` of a TextEncoding-like object."""
+    return type(encoding)(**{k: getattr(encoding, k)[index] if getattr(encoding, k) is not None else None
+                             for k in ("embed", "tokens", "mask")})
+
+
+def _stage_callback(stage: str, bar, user: Callable | None):
+    def callback(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        if bar is not None:
+            bar.update(1)
+        if user is not None:
+            user(stage, step + 1, total, x)
+
+    return callback
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def _component_dir(path: str | Path, stage: str) -> Path:
+    """RUNDIR, RUNDIR/final or the component folder → the folder holding model.safetensors."""
+    path = Path(path)
+    for candidate in (path, path / stage, path / "final" / stage):
+        if (candidate / "model.safetensors").is_file():
+            return candidate
+    raise UnclipError(f"no trained {stage} found at {path} (looked for model.safetensors in it, "
+                      f"{stage}/ and final/{stage}/); train it with 'unclip train {stage}'")
+
+
+def assemble_unclip(out_dir, *, encoder, decoder, prior=None, upsampler=None, defaults=None, name=None):
+    """See ``unclip.pipelines.assemble``."""
+    from unclip.encoders import load_encoder
+
+    encoder_dir = Path(encoder)
+    if (encoder_dir / "final" / "encoder").is_dir():
+        encoder_dir = encoder_dir / "final" / "encoder"
+    device = "cpu"
+    pipe = UnCLIPPipeline(
+        load_encoder(encoder_dir, device=device), Component.load(_component_dir(decoder, "decoder"), device),
+        prior=load_prior_component(_component_dir(prior, "prior"), device) if prior else None,
+        upsampler=Component.load(_component_dir(upsampler, "upsampler"), device) if upsampler else None,
+        defaults=defaults, name=name or Path(out_dir).name)
+    pipe.save(out_dir, overwrite=True)
+    # Keep the encoder directory's extra files (e.g. embed_stats.safetensors) alongside the re-saved encoder.
+    for extra in encoder_dir.iterdir():
+        target = Path(out_dir) / "encoder" / extra.name
+        if extra.is_file() and not target.exists():
+            shutil.copy2(extra, target)
+    return UnCLIPPipeline.load(out_dir)

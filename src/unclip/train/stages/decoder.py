@@ -1,0 +1,203 @@
+"""Training stage ``decoder``: the unCLIP decoder P(x | z_i, y) (Ramesh et al. 2022, §2.2).
+
+The CLIP image embedding z_i (and the caption's text tokens) come from a frozen encoder run on the fly
+(``data.encoder``). Classifier-free guidance is trained by dropping z_i with probability ``drop_image``
+(paper: 10%) and the caption with ``drop_text`` (paper: 50%), replaced by learned null embeddings.
+``conditioning: text`` trains the GLIDE-style baseline instead (Nichol et al. 2022): pooled text
+embedding + caption tokens, no CLIP image embedding, no prior needed.
+
+Loss: L_simple (Ho et al. 2020, eq. 14) or the hybrid loss, via ``GaussianDiffusion.training_losses``.
+Export: ``final/decoder/model.safetensors`` + ``final/decoder/component.json`` (diffusion settings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from unclip.checkpoint import atomic_write_text, save_model
+from unclip.config import to_dict
+from unclip.diffusion.gaussian import GaussianDiffusion
+from unclip.diffusion.schedule import DiffusionConfig
+from unclip.errors import UnclipError
+from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
+from unclip.train.config import TrainConfig
+from unclip.train.stage import Stage
+
+__all__ = ["DecoderData", "SampleSettings", "DecoderStageConfig", "DecoderStage", "write_component"]
+
+
+@dataclass(frozen=True)
+class DecoderData:
+    path: str = "data/shapes"    # a built dataset dir (or image folder / shards), see unclip.data
+    encoder: str = ""            # a frozen encoder dir (unclip.encoders.load_encoder)
+    image_size: int = 32         # decoder resolution
+    val_split: str = "val"
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How ``evaluate`` samples its grid."""
+    num_images: int = 8
+    sampler: str = "ddim"
+    steps: int = 25
+    guidance_scale: float = 3.0
+
+
+@dataclass(frozen=True)
+class DecoderStageConfig:
+    data: DecoderData = field(default_factory=DecoderData)
+    model: UNetConfig = field(default_factory=UNetConfig)  # conditioning dims are filled from the encoder
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    conditioning: Literal["unclip", "text"] = "unclip"     # "text": GLIDE-style baseline
+    text_tokens: bool = True                               # also attend to the caption's tokens
+    drop_image: float = 0.1
+    drop_text: float = 0.5
+    sample: SampleSettings = field(default_factory=SampleSettings)
+
+    def __post_init__(self):
+        for name in ("drop_image", "drop_text"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if self.conditioning == "text" and not self.text_tokens:
+            raise ValueError("conditioning 'text' (GLIDE baseline) needs text_tokens: true")
+
+
+def write_component(out_dir: Path, model: torch.nn.Module, info: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` (config inside) and ``component.json`` (diffusion etc.) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    path = out_dir / "model.safetensors"
+    save_model(model, path, extra_metadata={"component": json.dumps(info, sort_keys=True)})
+    atomic_write_text(out_dir / "component.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+class DecoderStage(Stage):
+    name = "decoder"
+    config_class = DecoderStageConfig
+
+    def __init__(self, config: DecoderStageConfig):
+        super().__init__(config)
+        self.diffusion = GaussianDiffusion(config.diffusion)
+        self._encoder = None
+
+    # --- frozen helpers ----------------------------------------------------------
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            if not self.config.data.encoder:
+                raise UnclipError("the decoder needs a frozen encoder: set data.encoder=PATH (an encoder directory)")
+            from unclip.encoders import load_encoder
+
+            self._encoder = load_encoder(self.config.data.encoder).eval().requires_grad_(False)
+        return self._encoder
+
+    def setup(self, device: torch.device) -> None:
+        self.encoder.to(device)
+
+    def model_config(self) -> UNetConfig:
+        cfg, enc = self.config, self.encoder
+        out_channels = 6 if cfg.diffusion.learn_variance else 3
+        return dataclasses.replace(
+            cfg.model, image_size=cfg.data.image_size, out_channels=out_channels,
+            image_embed_dim=enc.embed_dim if cfg.conditioning == "unclip" else 0,
+            text_token_dim=enc.token_dim if cfg.text_tokens else 0,
+            text_embed_dim=enc.embed_dim if cfg.conditioning == "text" else 0)
+
+    # --- what to train -----------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        return UNet(self.model_config())
+
+    def build_dataset(self, split: str):
+        from unclip.data import open_dataset
+
+        split = self.config.data.val_split if split == "val" else split
+        return open_dataset(self.config.data.path, split=split, image_size=self.config.data.image_size)
+
+    def collate(self, samples):
+        from unclip.data import collate_samples
+
+        return collate_samples(samples)
+
+    @torch.no_grad()
+    def conditions(self, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Frozen-encoder features: image_embed [B, D]; text_tokens [B, L, Dt], text_mask, text_embed [B, D]."""
+        cfg, enc = self.config, self.encoder
+        out: dict[str, torch.Tensor] = {}
+        if cfg.conditioning == "unclip":
+            out["image_embed"] = enc.encode_image(images).float()
+        if cfg.text_tokens:
+            empty = torch.tensor([not c.strip() for c in captions], device=images.device)
+            text = enc.encode_text([c if c.strip() else "an image" for c in captions])
+            out.update(text_tokens=text.tokens.float(), text_mask=text.mask, empty_caption=empty)
+            if cfg.conditioning == "text":
+                out["text_embed"] = text.embed.float()
+        return out
+
+    def loss(self, model, batch, generator):
+        param = next(model.parameters())
+        images = batch["image"].to(param.device, param.dtype)
+        cond = self.conditions(images, list(batch["caption"]))
+        empty = cond.pop("empty_caption", None)
+        drop_image, drop_text = cfg_drop_masks(images.shape[0], self.config.drop_image, self.config.drop_text,
+                                               generator=generator, device=images.device)
+        if empty is not None:
+            drop_text = drop_text | empty  # language-free images: always the null caption
+        kwargs = dict(cond, drop_image=drop_image, drop_text=drop_text)
+        t = self.diffusion.sample_timesteps(images.shape[0], generator, images.device)
+        terms = self.diffusion.training_losses(model, images, t, model_kwargs=kwargs, generator=generator)
+        loss = terms["loss"].mean()
+        return loss, {k: float(v.mean()) for k, v in terms.items() if k != "loss"}
+
+    # --- evaluation and export ------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model, out_dir: Path, step: int) -> dict[str, float]:
+        """Grid: real val images (top row) and decodings of their CLIP embeddings (bottom row).
+
+        Returns ``clip_sim``: mean cosine between CLIP image embeddings of the samples and the originals.
+        """
+        from unclip.pipelines.images import image_grid, save_png, to_pil
+        from unclip.pipelines.sampling import sample_decoder
+
+        s = self.config.sample
+        dataset = self.build_dataset("val")
+        n = min(s.num_images, len(dataset))
+        if n == 0:
+            return {}
+        samples = [dataset[i] for i in range(n)]
+        param = next(model.parameters())
+        images = torch.stack([x["image"] for x in samples]).to(param.device, param.dtype)
+        captions = [x["caption"] for x in samples]
+        cond = self.conditions(images, captions)
+        text = None
+        if "text_tokens" in cond:
+            text = _Text(cond.get("text_embed"), cond["text_tokens"], cond["text_mask"])
+        generator = torch.Generator(param.device).manual_seed(step)
+        x_T = torch.randn(images.shape, generator=generator, device=param.device, dtype=param.dtype)
+        out = sample_decoder(model, self.diffusion, x_T, image_embed=cond.get("image_embed"), text=text,
+                             guidance_scale=s.guidance_scale, sampler=s.sampler, steps=s.steps, generator=generator)
+        out_dir = Path(out_dir)
+        save_png(image_grid(to_pil(images) + to_pil(out), columns=n), out_dir / f"decoder_samples_{step:06d}.png")
+        real = self.encoder.encode_image(images).float()
+        fake = self.encoder.encode_image(out).float()
+        return {"clip_sim": float(torch.nn.functional.cosine_similarity(real, fake).mean())}
+
+    def export(self, model, out_dir: Path) -> Path:
+        cfg = self.config
+        info = {"role": "decoder", "conditioning": cfg.conditioning, "diffusion": to_dict(cfg.diffusion),
+                "image_size": cfg.data.image_size, "encoder": str(cfg.data.encoder),
+                "sample": to_dict(cfg.sample)}
+        return write_component(Path(out_dir) / "decoder", model, info)
+
+
+@dataclass
+class _Text:
+    embed: torch.Tensor | None
+    tokens: torch.Tensor
+    mask: torch.Tensor

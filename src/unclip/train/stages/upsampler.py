@@ -1,0 +1,135 @@
+"""Training stage ``upsampler``: a diffusion super-resolution model (unCLIP §2.2 and Appendix C).
+
+The UNet (no attention) sees the noisy high-res image concatenated with the upsampled low-res image.
+The low-res conditioning image is made by anti-aliased downsampling and then corrupted
+(*conditioning augmentation*): Gaussian blur (the paper's 64→256 model) or a lighter BSR degradation
+(the paper's 256→1024 model), optionally plus Gaussian noise at a sampled level that the UNet is told
+(Ho et al. 2021, Cascaded Diffusion §4.1). Like the paper, the upsampler is not conditioned on the caption.
+Export: ``final/upsampler/model.safetensors`` + ``final/upsampler/component.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unclip.config import to_dict
+from unclip.diffusion.gaussian import GaussianDiffusion
+from unclip.diffusion.schedule import DiffusionConfig
+from unclip.models.degrade import DegradeConfig, degrade, make_low_res, noise_augment
+from unclip.models.unet import UNet, UNetConfig
+from unclip.train.config import TrainConfig
+from unclip.train.stage import Stage
+from unclip.train.stages.decoder import SampleSettings, write_component
+
+__all__ = ["UpsamplerData", "UpsamplerStageConfig", "UpsamplerStage"]
+
+
+@dataclass(frozen=True)
+class UpsamplerData:
+    path: str = "data/shapes"
+    image_size: int = 64        # output resolution
+    low_res_size: int = 32      # input resolution
+    val_split: str = "val"
+
+    def __post_init__(self):
+        if not 1 <= self.low_res_size < self.image_size:
+            raise ValueError("low_res_size must be >= 1 and smaller than image_size")
+
+
+@dataclass(frozen=True)
+class UpsamplerStageConfig:
+    data: UpsamplerData = field(default_factory=UpsamplerData)
+    model: UNetConfig = field(default_factory=lambda: UNetConfig(attention_resolutions=()))
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference_noise_level: int = 0   # augmentation level the pipeline passes at sampling time
+    sample: SampleSettings = field(default_factory=SampleSettings)
+
+    def __post_init__(self):
+        if self.degrade.noise_levels and not 0 <= self.inference_noise_level < self.degrade.noise_levels:
+            raise ValueError("inference_noise_level must be in [0, degrade.noise_levels)")
+
+
+class UpsamplerStage(Stage):
+    name = "upsampler"
+    config_class = UpsamplerStageConfig
+
+    def __init__(self, config: UpsamplerStageConfig):
+        super().__init__(config)
+        self.diffusion = GaussianDiffusion(config.diffusion)
+
+    def model_config(self) -> UNetConfig:
+        cfg = self.config
+        return dataclasses.replace(
+            cfg.model, image_size=cfg.data.image_size, low_res_channels=3,
+            out_channels=6 if cfg.diffusion.learn_variance else 3,
+            noise_level_cond=cfg.degrade.noise_levels > 0, image_embed_dim=0, text_token_dim=0, text_embed_dim=0)
+
+    def build_model(self) -> torch.nn.Module:
+        return UNet(self.model_config())
+
+    def build_dataset(self, split: str):
+        from unclip.data import open_dataset
+
+        split = self.config.data.val_split if split == "val" else split
+        return open_dataset(self.config.data.path, split=split, image_size=self.config.data.image_size)
+
+    def collate(self, samples):
+        from unclip.data import collate_samples
+
+        return collate_samples(samples)
+
+    def conditioning(self, images: torch.Tensor, generator: torch.Generator | None):
+        """High-res [B, 3, H, W] → (corrupted low-res [B, 3, h, w], noise level [B] or None)."""
+        cfg = self.config
+        low = degrade(make_low_res(images, cfg.data.low_res_size), cfg.degrade, generator)
+        if not cfg.degrade.noise_levels:
+            return low, None
+        level = torch.randint(0, cfg.degrade.noise_levels, (images.shape[0],), generator=generator,
+                              device=images.device)
+        return noise_augment(low, level, cfg.degrade, generator), level
+
+    def loss(self, model, batch, generator):
+        param = next(model.parameters())
+        images = batch["image"].to(param.device, param.dtype)
+        low, level = self.conditioning(images, generator)
+        kwargs = {"low_res": low} if level is None else {"low_res": low, "noise_level": level}
+        t = self.diffusion.sample_timesteps(images.shape[0], generator, images.device)
+        terms = self.diffusion.training_losses(model, images, t, model_kwargs=kwargs, generator=generator)
+        return terms["loss"].mean(), {k: float(v.mean()) for k, v in terms.items() if k != "loss"}
+
+    @torch.no_grad()
+    def evaluate(self, model, out_dir: Path, step: int) -> dict[str, float]:
+        """Grid rows: clean low-res input (nearest-upscaled), upsampled output, real high-res. Returns PSNR (dB)."""
+        from unclip.pipelines.images import image_grid, save_png, to_pil
+        from unclip.pipelines.sampling import sample_upsampler
+
+        s = self.config.sample
+        dataset = self.build_dataset("val")
+        n = min(s.num_images, len(dataset))
+        if n == 0:
+            return {}
+        param = next(model.parameters())
+        images = torch.stack([dataset[i]["image"] for i in range(n)]).to(param.device, param.dtype)
+        low = make_low_res(images, self.config.data.low_res_size)
+        generator = torch.Generator(param.device).manual_seed(step)
+        x_T = torch.randn(images.shape, generator=generator, device=param.device, dtype=param.dtype)
+        out = sample_upsampler(model, self.diffusion, low, x_T, noise_level=self.config.inference_noise_level,
+                               sampler=s.sampler, steps=s.steps, generator=generator)
+        shown = torch.nn.functional.interpolate(low, size=images.shape[-2:], mode="nearest")
+        save_png(image_grid(to_pil(shown) + to_pil(out) + to_pil(images), columns=n),
+                 Path(out_dir) / f"upsampler_samples_{step:06d}.png")
+        mse = ((out - images) / 2).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        return {"psnr": float((-10 * torch.log10(mse)).mean())}
+
+    def export(self, model, out_dir: Path) -> Path:
+        cfg = self.config
+        info = {"role": "upsampler", "diffusion": to_dict(cfg.diffusion), "image_size": cfg.data.image_size,
+                "low_res_size": cfg.data.low_res_size, "noise_level": cfg.inference_noise_level,
+                "sample": to_dict(cfg.sample)}
+        return write_component(Path(out_dir) / "upsampler", model, info)

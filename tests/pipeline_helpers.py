@@ -1,0 +1,63 @@
+"""Tiny random unCLIP components for the pipeline and CLI tests (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from unclip.diffusion.schedule import DiffusionConfig
+from unclip.config import to_dict
+from unclip.models.unet import UNet, UNetConfig
+
+CAPTIONS = ["a red circle", "a blue square", "a small green triangle", "a big purple star", "a shape"]
+
+
+def tiny_encoder(seed: int = 0):
+    from unclip.encoders.clip import ClipConfig, ClipEncoder
+    from unclip.encoders.tokenizer import train_bpe
+    from unclip.encoders.towers import TextConfig, VisionConfig
+
+    torch.manual_seed(seed)
+    config = ClipConfig(embed_dim=16, vision=VisionConfig(image_size=16, patch_size=4, width=32, layers=1, heads=2),
+                        text=TextConfig(vocab_size=300, max_len=12, width=32, layers=1, heads=2))
+    return ClipEncoder(config, train_bpe(CAPTIONS * 4, vocab_size=300)).eval()
+
+
+def _wake(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fresh UNets have zero-initialised output layers (they ignore their input); randomise them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def tiny_component(role: str, encoder, seed: int = 1):
+    from unclip.pipelines.unclip import Component
+
+    torch.manual_seed(seed)
+    common = dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, head_channels=16, context_dim=16)
+    if role == "decoder":
+        cfg = UNetConfig(image_size=16, attention_resolutions=(8,), image_embed_dim=encoder.embed_dim,
+                         text_token_dim=encoder.token_dim, **common)
+    elif role == "glide":
+        cfg = UNetConfig(image_size=16, attention_resolutions=(8,), text_embed_dim=encoder.embed_dim,
+                         text_token_dim=encoder.token_dim, **common)
+    else:
+        cfg = UNetConfig(image_size=32, attention_resolutions=(), low_res_channels=3, **common)
+    diffusion = to_dict(DiffusionConfig(timesteps=100))
+    info = {"role": "upsampler" if role == "upsampler" else "decoder", "diffusion": diffusion}
+    if role == "upsampler":
+        info.update(low_res_size=16, noise_level=0)
+    return Component(_wake(UNet(cfg), seed), info)
+
+
+def tiny_pipeline(kind: str = "unclip", upsampler: bool = True):
+    """kind 'unclip': CLIP-image decoder without prior (manipulations only); 'glide': text-only decoder."""
+    from unclip.pipelines.unclip import UnCLIPPipeline
+
+    encoder = tiny_encoder()
+    decoder = tiny_component("decoder" if kind == "unclip" else "glide", encoder)
+    up = tiny_component("upsampler", encoder, seed=2) if upsampler else None
+    defaults = {s: {"steps": 4} for s in ("prior", "decoder", "upsampler")}
+    return UnCLIPPipeline(encoder, decoder, upsampler=up, defaults=defaults, name=f"tiny-{kind}")
