@@ -143,3 +143,28 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["data", "preview", str(tmp_path), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_built_dataset_in_memory_and_damaged_files(tmp_path):
+    import warnings
+
+    from unclip.data import DataWarning
+
+    out = tmp_path / "shapes"
+    build_shapes(out, image_size=16, count=40, seed=3)
+    lazy = open_dataset(out, "all")
+    memory = open_dataset(out, "all", in_memory=True)
+    assert memory.pixels.shape == (40, 3, 16, 16) and memory.pixels.dtype == torch.uint8
+    assert torch.allclose(lazy[5]["image"], memory[5]["image"]) and lazy[5]["caption"] == memory[5]["caption"]
+
+    (out / "images" / "000001.png").unlink()  # missing file → dropped at open
+    (out / "images" / "000002.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 20)  # corrupt → at read
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        damaged = open_dataset(out, "all")
+        assert len(damaged) == 39
+        items = [damaged[i] for i in range(len(damaged))]
+    assert len(items) == 39 and len(damaged.bad) == 2
+    assert sum(issubclass(w.category, DataWarning) for w in caught) == 2  # one at open, one while reading
+    with pytest.raises(DataError, match="in_memory"):
+        open_dataset(tmp_path / "nope", in_memory=True)

@@ -20,7 +20,9 @@ from torch.utils.data import Dataset, IterableDataset
 
 from unclip.data.built import BuiltDataset, DatasetWriter, read_info
 from unclip.data.common import BadSamples, DataWarning, collate_samples, decode_image, image_to_tensor
+from unclip.data.folder import FolderDataset
 from unclip.data.shapes import ShapesDataset, parse_caption, render_shape
+from unclip.data.shards import ShardDataset
 from unclip.errors import DataError
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "BuiltDataset",
     "DatasetWriter",
     "ShapesDataset",
+    "FolderDataset",
+    "ShardDataset",
     "BadSamples",
     "DataWarning",
     "DataError",
@@ -40,25 +44,25 @@ __all__ = [
 ]
 
 
-def open_dataset(path: str | Path, split: str = "train", image_size: int | None = None) -> Dataset | IterableDataset:
+def open_dataset(path: str | Path, split: str = "train", image_size: int | None = None, *,
+                 in_memory: bool = False) -> Dataset | IterableDataset:
     """Open any supported dataset at ``path`` (see the module docstring).
 
     ``split`` is ``train``, ``val``, ``test`` or ``all``. ``image_size`` resizes
     (shorter side, Lanczos) and centre-crops every image to a square of that side.
+    ``in_memory=True`` (built datasets only) decodes all images once up front.
     """
     text = str(path)
+    if in_memory and not (Path(text) / "dataset.json").is_file():
+        raise DataError(f"in_memory=True works for built datasets only; {text} is not one")
     if "{" in text or text.endswith(".tar") or (Path(text).is_dir() and _only_shards(Path(text))):
-        from unclip.data.shards import ShardDataset
-
         return ShardDataset(text, split=split, image_size=image_size)
     root = Path(text)
     if not root.exists():
         raise DataError(f"dataset not found: {root} (build one with 'unclip data build shapes --out {root}')")
     if (root / "dataset.json").is_file():
-        return BuiltDataset(root, split=split, image_size=image_size)
+        return BuiltDataset(root, split=split, image_size=image_size, in_memory=in_memory)
     if root.is_dir():
-        from unclip.data.folder import FolderDataset
-
         return FolderDataset(root, split=split, image_size=image_size)
     raise DataError(f"{root} is neither a dataset directory, an image folder nor a .tar shard")
 

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
 from PIL import Image
 
 from unclip.checkpoint import atomic_write_text
@@ -131,9 +132,15 @@ def read_index(root: Path) -> Iterable[tuple[int, Any]]:
 
 
 class BuiltDataset(GuardedDataset):
-    """A built dataset directory, one split (or ``"all"``)."""
+    """A built dataset directory, one split (or ``"all"``).
 
-    def __init__(self, root: str | Path, split: str = "train", image_size: int | None = None):
+    ``in_memory=True`` decodes every image once into a uint8 tensor (shapes32:
+    ~12 MB, emoji64 train: ~155 MB), which makes small-model training on a CPU
+    many times faster than decoding PNGs every step.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", image_size: int | None = None, *,
+                 in_memory: bool = False):
         self.root = Path(root)
         self.info = read_info(self.root)
         if (self.root / _MARKER).exists():
@@ -156,6 +163,27 @@ class BuiltDataset(GuardedDataset):
         self.bad.report(" when opening")
         if not self.rows:
             raise DataError(f"{root} has no usable samples in split {split!r}")
+        self.pixels: torch.Tensor | None = None  # [N, 3, H, W] uint8 when in_memory
+        if in_memory:
+            self._decode_all()
+
+    def _decode_all(self) -> None:
+        """Decode every image once into one uint8 tensor; undecodable rows are dropped and reported."""
+        kept, pixels = [], []
+        for row in self.rows:
+            try:
+                image = load_image(self.root / row["image"], self.image_size)  # [3, H, W] in [-1, 1]
+            except DataError as exc:
+                self.bad.add(self.root / row["image"], str(exc))
+                continue
+            kept.append(row)
+            pixels.append(image.add(1).mul(127.5).round().to(torch.uint8))
+        self.bad.report(" when decoding")
+        if not kept:
+            raise DataError(f"{self.root} has no decodable images in split {self.split!r}")
+        if len({tuple(p.shape) for p in pixels}) > 1:
+            raise DataError(f"{self.root}: images differ in size; pass image_size=N with in_memory=True")
+        self.rows, self.pixels = kept, torch.stack(pixels)
 
     def _check_row(self, row: Any) -> str:
         if not isinstance(row, dict) or not isinstance(row.get("image"), str):
@@ -175,6 +203,9 @@ class BuiltDataset(GuardedDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
-        image = load_image(self.root / row["image"], self.image_size)
+        if self.pixels is not None:
+            image = self.pixels[index].float().div(127.5).sub(1.0)
+        else:
+            image = load_image(self.root / row["image"], self.image_size)
         meta = dict(row.get("meta") or {}) | {"split": row["split"], "path": row["image"]}
         return {"image": image, "caption": row["caption"], "meta": meta}
