@@ -83,7 +83,7 @@ def test_generate_returns_pngs_seeds_and_a_reproducing_command(client):
     images = [decode(image["png_base64"]) for image in result["images"]]
     assert [im.size for im in images] == [(16, 16)] * 3
     assert images[1].tobytes() == fake_image("a red circle|", 12).tobytes()
-    assert result["command"] == ("unclip generate --model tiny-model 'a red circle' --num-images 3 --seed 11 "
+    assert result["command"] == ("unclip generate 'a red circle' --model tiny-model --num-images 3 --seed 11 "
                                  "--decoder-steps 2 --prior-guidance 2.5")
     assert result["settings"]["decoder_steps"] == 2
     assert result["settings"]["stages"]["prior"]["steps"] == 3  # the pipeline's own defaults are reported too
@@ -163,7 +163,7 @@ def test_variations_of_an_upload(client):
     assert response.status_code == 200, response.text
     result = response.json()["result"]
     assert result["seeds"] == [4, 5] and len(result["images"]) == 2
-    assert "--variations" in result["command"] and "--decoder-steps 3" in result["command"]
+    assert result["command"] == "unclip vary in.png --model tiny-model --num-images 2 --seed 4 --decoder-steps 3"
 
 
 def test_transparent_upload_becomes_rgb_on_white():
@@ -218,6 +218,7 @@ def test_interpolate_returns_frames_gif_and_strip(client):
     assert gif.format == "GIF" and gif.n_frames == 6  # ping-pong: 4 forward, 2 back
     assert decode(result["strip_png_base64"]).size == (64, 16)
     assert client.get(result["animation_url"]).headers["content-type"] == "image/gif"
+    assert result["command"] == "unclip interpolate a.png b.png --model tiny-model --frames 4 --seed 9"
     one = {"image_a": files["image_a"]}
     assert client.post("/api/interpolate", files=one).status_code == 422
     assert client.post("/api/interpolate", files=files, data={"num_frames": "1"}).status_code == 422
@@ -230,7 +231,8 @@ def test_text_diff(client):
     response = client.post("/api/text-diff", files=files, data=data)
     assert response.status_code == 200, response.text
     assert len(response.json()["result"]["images"]) == 3
-    assert "--text-diff" in response.json()["result"]["command"]
+    assert response.json()["result"]["command"] == ("unclip textdiff in.png --from 'a red circle' --to 'a blue square' "
+                                                    "--model tiny-model --frames 3 --seed 2")
     empty = client.post("/api/text-diff", files=files, data={**data, "to_caption": " "})
     assert empty.status_code == 422 and "to_caption" in empty.json()["error"]
     assert client.post("/api/text-diff", files=files, data={"from_caption": "a"}).status_code == 422

@@ -99,7 +99,9 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
         _check_count(config.max_images, num_images, "num_images")
         sampling = _sampling(config, sampling_in)
         picture = await _read_image(config, image, "image")
-        job = _submit(queue, "variations", lambda report: backend.variations(picture, num_images, sampling, report))
+        name = _file_name(image, "image.png")
+        job = _submit(queue, "variations",
+                      lambda report: backend.variations(picture, num_images, sampling, report, image_name=name))
         return await _answer(queue, job, wait)
 
     @app.post("/api/interpolate", summary="Frames between two uploaded images", responses=ERRORS,
@@ -110,8 +112,9 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
         _check_count(config.max_frames, num_frames, "num_frames")
         sampling = _sampling(config, sampling_in)
         first, second = await _read_image(config, image_a, "image_a"), await _read_image(config, image_b, "image_b")
-        job = _submit(queue, "interpolate",
-                      lambda report: backend.interpolate(first, second, num_frames, sampling, report))
+        names = (_file_name(image_a, "a.png"), _file_name(image_b, "b.png"))
+        job = _submit(queue, "interpolate", lambda report: backend.interpolate(first, second, num_frames, sampling,
+                                                                              report, image_names=names))
         return await _answer(queue, job, wait)
 
     @app.post("/api/text-diff", summary="Edit an image along a caption change (unCLIP sec. 3.3)",
@@ -125,8 +128,9 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
         _check_count(config.max_frames, num_frames, "num_frames")
         sampling = _sampling(config, sampling_in)
         picture = await _read_image(config, image, "image")
-        job = _submit(queue, "text-diff",
-                      lambda report: backend.text_diff(picture, source, target, num_frames, sampling, report))
+        name = _file_name(image, "image.png")
+        job = _submit(queue, "text-diff", lambda report: backend.text_diff(picture, source, target, num_frames,
+                                                                          sampling, report, image_name=name))
         return await _answer(queue, job, wait)
 
     @app.get("/api/jobs/{job_id}", summary="Status, progress and (when done) result of a job", response_model=JobOut,
@@ -216,6 +220,13 @@ def _check_text(config: ServeConfig, text: str, name: str) -> str:
 def _check_count(limit: int, value: int, name: str) -> None:
     if value > limit:
         raise ApiError(422, f"{name}: {value} is more than this server's limit of {limit}")
+
+
+def _file_name(upload: UploadFile, default: str) -> str:
+    """The upload's base name for the CLI command (only printable, at most 100 characters)."""
+    name = Path(upload.filename or "").name
+    name = "".join(ch for ch in name if ch.isprintable())[:100]
+    return name or default
 
 
 async def _read_image(config: ServeConfig, upload: UploadFile, name: str):

@@ -126,6 +126,8 @@ class Backend:
         }
 
     # --- operations --------------------------------------------------------
+    # Each builds the equivalent command of unclip.cli.generate (generate | vary | interpolate |
+    # textdiff); uploads appear under their file names, which the user has locally.
     def generate(self, prompt: str, negative_prompt: str, num_images: int, sampling: Sampling,
                  report: Report) -> Result:
         start = time.perf_counter()
@@ -135,45 +137,45 @@ class Backend:
                                callback=_callback(report), progress=False, **kwargs)
         settings = {"prompt": prompt, "negative_prompt": negative_prompt, "num_images": num_images,
                     "seed": sampling.seed, **kwargs}
-        args = ["generate", "--model", self.model_ref, prompt, "--num-images", str(num_images)]
+        args = ["generate", prompt, "--model", self.model_ref, "--num-images", str(num_images)]
         if negative_prompt:
             args += ["--negative-prompt", negative_prompt]
         return self._result(output, _labels(output, prompt), sampling, settings,
                             args + _sampling_args(sampling, kwargs), start)
 
-    def variations(self, image: Image.Image, num_images: int, sampling: Sampling, report: Report) -> Result:
+    def variations(self, image: Image.Image, num_images: int, sampling: Sampling, report: Report, *,
+                   image_name: str = "image.png") -> Result:
         self._require("variations")
         start = time.perf_counter()
-        kwargs = sampling.pipeline_kwargs(self.stages)
+        kwargs = _without_prior(sampling.pipeline_kwargs(self.stages))
         output = self.pipeline.variations(image, num_images=num_images, seed=sampling.seed,
                                           callback=_callback(report), progress=False, **kwargs)
         settings = {"num_images": num_images, "seed": sampling.seed, **kwargs}
-        args = ["generate", "--model", self.model_ref, "--variations", "IMAGE.png", "--num-images", str(num_images)]
+        args = ["vary", image_name, "--model", self.model_ref, "--num-images", str(num_images)]
         return self._result(output, _labels(output, "variation"), sampling, settings,
                             args + _sampling_args(sampling, kwargs), start)
 
     def interpolate(self, image_a: Image.Image, image_b: Image.Image, num_frames: int, sampling: Sampling,
-                    report: Report) -> Result:
+                    report: Report, *, image_names: tuple[str, str] = ("a.png", "b.png")) -> Result:
         self._require("interpolate")
         start = time.perf_counter()
-        kwargs = sampling.pipeline_kwargs(self.stages)
+        kwargs = _without_prior(sampling.pipeline_kwargs(self.stages))
         output = self.pipeline.interpolate(image_a, image_b, num_frames=num_frames, seed=sampling.seed,
                                            callback=_callback(report), progress=False, **kwargs)
         settings = {"num_frames": num_frames, "seed": sampling.seed, **kwargs}
-        args = ["generate", "--model", self.model_ref, "--interpolate", "A.png", "B.png",
-                "--frames", str(num_frames)]
+        args = ["interpolate", *image_names, "--model", self.model_ref, "--frames", str(num_frames)]
         return self._frames(output, sampling, settings, args + _sampling_args(sampling, kwargs), start)
 
     def text_diff(self, image: Image.Image, from_caption: str, to_caption: str, num_frames: int,
-                  sampling: Sampling, report: Report) -> Result:
+                  sampling: Sampling, report: Report, *, image_name: str = "image.png") -> Result:
         self._require("text-diff")
         start = time.perf_counter()
-        kwargs = sampling.pipeline_kwargs(self.stages)
+        kwargs = _without_prior(sampling.pipeline_kwargs(self.stages))
         output = self.pipeline.text_diff(image, from_caption, to_caption, num_frames=num_frames,
                                          seed=sampling.seed, callback=_callback(report), progress=False, **kwargs)
         settings = {"from_caption": from_caption, "to_caption": to_caption, "num_frames": num_frames,
                     "seed": sampling.seed, **kwargs}
-        args = ["generate", "--model", self.model_ref, "--text-diff", "IMAGE.png", from_caption, to_caption,
+        args = ["textdiff", image_name, "--from", from_caption, "--to", to_caption, "--model", self.model_ref,
                 "--frames", str(num_frames)]
         return self._frames(output, sampling, settings, args + _sampling_args(sampling, kwargs), start)
 
@@ -197,6 +199,11 @@ class Backend:
         result.gif = gif_bytes(frames)
         result.strip_png = png_bytes(strip(frames))
         return result
+
+
+def _without_prior(kwargs: dict) -> dict:
+    """Image manipulations start from the image's own CLIP embedding: no prior settings."""
+    return {name: value for name, value in kwargs.items() if not name.startswith("prior_")}
 
 
 def _labels(output, fallback: str) -> list[str]:

@@ -64,11 +64,10 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "
 
 def to_rgb_on_white(image: Image.Image) -> Image.Image:
     """RGB copy of ``image``; transparent pixels become white (the datasets are RGB on white)."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")  # as unclip.pipelines.images.from_pil
     return image.convert("RGB")
 
 
