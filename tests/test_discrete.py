@@ -109,3 +109,34 @@ def test_q_sample_masks_more_over_time():
     x0 = torch.randint(0, K, (64, 64), generator=torch.Generator().manual_seed(1))
     frac = [(D.q_sample(x0, torch.full((64,), t), sched) == K).float().mean().item() for t in (1, 50, 100)]
     assert frac[0] < 0.05 and 0.4 < frac[1] < 0.6 and frac[2] > 0.95
+
+
+@pytest.mark.parametrize("replace_mass", [0.0, 0.2])
+def test_respaced_steps_compose_the_original_transitions(replace_mass):
+    K, T = 3, 6
+    cfg = D.DiscreteDiffusionConfig(num_steps=T, replace_mass=replace_mass, final_alpha_bar=0.05)
+    sched, one_step, cumulative = _matrices(K, cfg)
+    fast, kept = D.respace(sched.to("cpu", torch.float64), 3)
+    assert kept == [0, 2, 4, 6] and fast.num_steps == 3
+    for new_t in range(1, 4):
+        composite = one_step[kept[new_t - 1] + 1]
+        for t in range(kept[new_t - 1] + 2, kept[new_t] + 1):
+            composite = composite @ one_step[t]
+        for i in range(K + 1):
+            log_x = D.index_to_log_onehot(torch.tensor([[i]]), K + 1).double()
+            step = D.log_q_xt_given_xprev(log_x, torch.tensor([new_t]), fast).exp()[0, :, 0]
+            torch.testing.assert_close(step, composite[i], atol=1e-9, rtol=1e-6)
+            cum = D.log_q_xt_given_x0(log_x, torch.tensor([new_t]), fast).exp()[0, :, 0]
+            torch.testing.assert_close(cum, cumulative[kept[new_t]][i], atol=1e-9, rtol=1e-6)
+
+
+def test_per_row_generators_make_rows_reproducible():
+    K, N = 8, 5
+    sched = D.mask_replace_schedule(K, D.DiscreteDiffusionConfig(num_steps=5))
+
+    def flat(x_t, t):
+        return torch.log_softmax(torch.zeros(x_t.shape[0], K, N), 1)
+
+    both = D.sample(flat, (2, N), sched, generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
+    alone = D.sample(flat, (1, N), sched, generator=[torch.Generator().manual_seed(4)])
+    assert torch.equal(both[1:], alone)

@@ -38,6 +38,7 @@ __all__ = [
     "training_losses",
     "truncate",
     "classifier_free_guidance",
+    "respace",
     "sample",
     "sample_purity",
 ]
@@ -117,6 +118,35 @@ def mask_replace_schedule(num_codes: int, config: DiscreteDiffusionConfig = Disc
         _safe_log(alpha), _safe_log(beta), _safe_log(gamma),
         _safe_log(alpha_bar), _safe_log(beta_bar), _safe_log(gamma_bar),
     )
+
+
+def respace(schedule: DiscreteSchedule, num_steps: int) -> tuple[DiscreteSchedule, list[int]]:
+    """Fast sampling on a subset of ``num_steps`` timesteps (Gu et al. 2022, Sec. 4.3 "fast inference").
+
+    Between kept steps s < t the one-step transition is the composite q(x_t | x_s), which has
+    the same form with α = ᾱ_t/ᾱ_s, 1 - γ = (1 - γ̄_t)/(1 - γ̄_s), β = (1 - α - γ)/K.
+    Returns the new schedule (steps 1..num_steps) and the original timestep of each new step
+    (``timesteps[i]`` for new step i; index 0 is 0), which is what the network must be given.
+    """
+    T = schedule.num_steps
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be in [1, {T}], got {num_steps}")
+    kept = sorted({0, *[round(i * T / num_steps) for i in range(1, num_steps + 1)]})
+    idx = torch.tensor(kept)
+    log_ab, log_gb = schedule.log_alpha_bar.double()[idx], schedule.log_gamma_bar.double()[idx]
+    alpha_bar, gamma_bar = log_ab.exp(), log_gb.exp()
+    gamma_bar[0] = 0.0
+    K = schedule.num_codes
+    alpha = torch.ones_like(alpha_bar)
+    alpha[1:] = alpha_bar[1:] / alpha_bar[:-1]
+    gamma = torch.zeros_like(gamma_bar)
+    gamma[1:] = 1.0 - (1.0 - gamma_bar[1:]) / (1.0 - gamma_bar[:-1])
+    beta = ((1.0 - alpha - gamma) / K).clamp_min(0.0)
+    beta_bar = ((1.0 - alpha_bar - gamma_bar) / K).clamp_min(0.0)
+    new = DiscreteSchedule(K, len(kept) - 1, _safe_log(alpha), _safe_log(beta), _safe_log(gamma),
+                           _safe_log(alpha_bar), _safe_log(beta_bar), _safe_log(gamma_bar))
+    dtype = schedule.log_alpha.dtype
+    return new.to(schedule.log_alpha.device, dtype), kept
 
 
 def _at(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -203,9 +233,18 @@ def _likelihood_of_xt(log_xt: torch.Tensor, t: torch.Tensor, schedule: DiscreteS
     return torch.cat([codes, mask], dim=1)
 
 
-def _gumbel_sample(log_p: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+def _uniform(shape, generator, device, dtype) -> torch.Tensor:
+    """U(0,1) noise [B,...]; a list of generators draws row b from generator b (per-image seeds)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([torch.rand((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+    return torch.rand(shape, generator=generator, device=device, dtype=dtype)
+
+
+def _gumbel_sample(log_p: torch.Tensor, generator) -> torch.Tensor:
     """Sample an index per position from log_p [B,C,N] → [B,N] (Gumbel-max)."""
-    u = torch.rand(log_p.shape, generator=generator, device=log_p.device, dtype=log_p.dtype)
+    u = _uniform(log_p.shape, generator, log_p.device, log_p.dtype)
     neg_log_u = (-torch.log(u.clamp(1e-30, 1.0))).clamp_min(1e-30)
     gumbel = -torch.log(neg_log_u)
     return (log_p + gumbel).argmax(dim=1)
@@ -288,18 +327,21 @@ def sample(
     schedule: DiscreteSchedule,
     *,
     truncation: float = 1.0,
-    generator: Optional[torch.Generator] = None,
+    generator=None,
     device: torch.device | str = "cpu",
     callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+    timesteps: Optional[list[int]] = None,
 ) -> torch.Tensor:
     """Ancestral sampling x_T = all [MASK] → x_0 with p_θ(x_{t-1}|x_t) (Eq. 11). Returns codes [B,N].
 
-    ``callback(t, x_t)`` is called after each step."""
+    ``generator``: one torch.Generator or one per row. ``timesteps`` (from ``respace``) maps each
+    step of ``schedule`` to the timestep the network was trained on. ``callback(t, x_t)`` after each step."""
     K = schedule.num_codes
     x = torch.full(shape, K, dtype=torch.long, device=device)
     for step in range(schedule.num_steps, 0, -1):
         t = torch.full((shape[0],), step, dtype=torch.long, device=device)
-        log_p0 = truncate(model_fn(x, t), truncation)
+        t_model = t if timesteps is None else torch.full_like(t, timesteps[step])
+        log_p0 = truncate(model_fn(x, t_model), truncation)
         if step == 1:
             x = _gumbel_sample(log_p0, generator)
         else:
@@ -316,7 +358,7 @@ def sample_purity(
     *,
     num_steps: Optional[int] = None,
     truncation: float = 1.0,
-    generator: Optional[torch.Generator] = None,
+    generator=None,
     device: torch.device | str = "cpu",
     callback: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
