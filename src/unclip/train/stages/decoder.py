@@ -153,7 +153,7 @@ class DecoderStage(Stage):
         t = self.diffusion.sample_timesteps(images.shape[0], generator, images.device)
         terms = self.diffusion.training_losses(model, images, t, model_kwargs=kwargs, generator=generator)
         loss = terms["loss"].mean()
-        return loss, {k: float(v.mean()) for k, v in terms.items() if k != "loss"}
+        return loss, {k: float(v.detach().mean()) for k, v in terms.items() if k != "loss"}
 
     # --- evaluation and export ------------------------------------------------
     @torch.no_grad()

@@ -101,7 +101,7 @@ class UpsamplerStage(Stage):
         kwargs = {"low_res": low} if level is None else {"low_res": low, "noise_level": level}
         t = self.diffusion.sample_timesteps(images.shape[0], generator, images.device)
         terms = self.diffusion.training_losses(model, images, t, model_kwargs=kwargs, generator=generator)
-        return terms["loss"].mean(), {k: float(v.mean()) for k, v in terms.items() if k != "loss"}
+        return terms["loss"].mean(), {k: float(v.detach().mean()) for k, v in terms.items() if k != "loss"}
 
     @torch.no_grad()
     def evaluate(self, model, out_dir: Path, step: int) -> dict[str, float]:

@@ -1,0 +1,114 @@
+"""``unclip generate / vary / interpolate / textdiff`` on tiny pipelines: outputs, records and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_pipeline_helpers import tiny_pipeline
+from unclip.cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    glide = tiny_pipeline("glide", upsampler=False).save(root / "glide")
+    unclip = tiny_pipeline("unclip").save(root / "unclip")
+    red = root / "red.png"
+    Image.new("RGB", (24, 24), (220, 30, 30)).save(red)
+    blue = root / "blue.png"
+    Image.new("RGB", (24, 24), (30, 30, 220)).save(blue)
+    corrupt = root / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return {"glide": str(glide), "unclip": str(unclip), "red": str(red), "blue": str(blue), "corrupt": str(corrupt)}
+
+
+def _run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_grid_and_out_dir(tmp_path, models, capsys):
+    out = tmp_path / "grid.png"
+    code, stdout, _ = _run(["generate", "a red circle", "-n", "3", "--seed", "0", "--out", str(out),
+                            "--model", models["glide"], "--quiet", "--decoder-steps", "2"], capsys)
+    assert code == 0 and out.is_file() and str(out) in stdout
+    grid = Image.open(out)
+    assert grid.size[0] > 3 * 16
+    out_dir = tmp_path / "samples"
+    code, stdout, _ = _run(["generate", "a red circle", "-n", "2", "--seed", "5", "--out-dir", str(out_dir),
+                            "--model", models["glide"], "--quiet", "--decoder-steps", "2"], capsys)
+    assert code == 0
+    record = json.loads((out_dir / "generation.json").read_text())
+    assert [im["seed"] for im in record["images"]] == [5, 6]
+    assert record["settings"]["stages"]["decoder"]["steps"] == 2 and record["prompts"] == ["a red circle"]
+    first = out_dir / record["images"][1]["file"]
+    assert first.is_file()
+    # Image 1 is reproduced alone from its recorded seed.
+    again = tmp_path / "again"
+    _run(["generate", "a red circle", "-n", "1", "--seed", "6", "--out-dir", str(again), "--model", models["glide"],
+          "--quiet", "--decoder-steps", "2"], capsys)
+    redo = json.loads((again / "generation.json").read_text())["images"][0]["file"]
+    a = torch.from_numpy(np.asarray(Image.open(first), dtype=np.float32))
+    b = torch.from_numpy(np.asarray(Image.open(again / redo), dtype=np.float32))
+    assert (a - b).abs().max() <= 1
+
+
+def test_generate_errors_are_one_line(tmp_path, models, capsys):
+    cases = [
+        (["generate", "", "--model", models["glide"]], "empty prompt"),
+        (["generate", "a red circle"], "--model PATH"),  # the default model is not shipped here
+        (["generate", "a red circle", "--model", str(tmp_path / "nope")], "not found"),
+        (["generate", "a red circle", "--model", models["glide"], "--out", str(tmp_path / "x.jpg")], ".png"),
+        (["generate", "a red circle", "--model", models["glide"], "--out", str(tmp_path / "no" / "x.png")],
+         "does not exist"),
+        (["generate", "a red circle", "--model", models["unclip"], "--quiet"], "no prior"),
+        (["vary", models["corrupt"], "--model", models["unclip"]], "cannot read image"),
+        (["vary", str(tmp_path / "missing.png"), "--model", models["unclip"]], "image not found"),
+        (["vary", models["red"], "--model", models["glide"], "--quiet"], "text-only"),
+        (["textdiff", models["red"], "--from", " ", "--to", "x", "--model", models["unclip"]], "non-empty"),
+    ]
+    for args, message in cases:
+        code, stdout, err = _run(args, capsys)
+        assert code == 2, args
+        lines = [line for line in err.strip().splitlines() if line]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, err)
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.jpg"))
+    with pytest.raises(SystemExit) as exc:  # argparse range checks exit 2 too
+        main(["generate", "a red circle", "-n", "0"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["interpolate", models["red"], models["blue"], "--frames", "1"])
+    capsys.readouterr()
+
+
+def test_vary_interpolate_textdiff_write_files(tmp_path, models, capsys):
+    common = ["--model", models["unclip"], "--quiet", "--seed", "0", "--decoder-steps", "2", "--upsampler-steps", "2"]
+    out = tmp_path / "vary.png"
+    code, stdout, _ = _run(["vary", models["red"], "-n", "2", "--out", str(out), *common], capsys)
+    assert code == 0 and out.is_file() and str(out) in stdout
+    out = tmp_path / "vary-inv.png"
+    assert _run(["vary", models["red"], "-n", "2", "--invert", "--eta", "0.5", "--out", str(out), *common], capsys)[0] == 0
+    out = tmp_path / "interp.png"
+    code, stdout, _ = _run(["interpolate", models["red"], models["blue"], "--frames", "3", "--out", str(out),
+                            *common], capsys)
+    assert code == 0 and out.is_file() and out.with_suffix(".gif").is_file()
+    gif = Image.open(out.with_suffix(".gif"))
+    assert gif.n_frames >= 3
+    out = tmp_path / "diff.png"
+    code, stdout, _ = _run(["textdiff", models["red"], "--from", "a red circle", "--to", "a blue square",
+                            "--frames", "3", "--out", str(out), *common], capsys)
+    assert code == 0 and out.is_file() and out.with_suffix(".gif").is_file()

@@ -1,0 +1,149 @@
+"""Decoder and upsampler training stages: a few engine steps on tiny data, export, evaluate, assemble."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from test_pipeline_helpers import tiny_encoder
+from unclip.config import from_dict, load_config
+from unclip.errors import UnclipError
+from unclip.train.stages import get_stage_class
+from unclip.train.stages.decoder import DecoderStage, DecoderStageConfig
+from unclip.train.stages.upsampler import UpsamplerStage, UpsamplerStageConfig
+
+COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 160, 60), "purple": (140, 40, 170)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """An image folder with train/ and val/ splits and same-name .txt captions; plus an encoder dir."""
+    root = tmp_path_factory.mktemp("data")
+    for split, count in (("train", 8), ("val", 4)):
+        (root / split).mkdir()
+        for i in range(count):
+            name = list(COLORS)[i % 4]
+            image = Image.new("RGB", (32, 32), "white")
+            ImageDraw.Draw(image).ellipse((4 + i, 4, 20 + i, 20), fill=COLORS[name])
+            image.save(root / split / f"{i:03d}.png")
+            (root / split / f"{i:03d}.txt").write_text(f"a {name} circle")
+    encoder_dir = tmp_path_factory.mktemp("enc") / "encoder"
+    tiny_encoder().save(encoder_dir)
+    return root, encoder_dir
+
+
+def _train(tiny=dict(steps=3, batch_size=4, warmup_steps=1, ema_decay=0.0, checkpoint_every=3, log_every=1)):
+    return tiny
+
+
+def _decoder_config(root, encoder_dir, **extra):
+    data = {"data": {"path": str(root), "encoder": str(encoder_dir), "image_size": 16},
+            "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1,
+                      "attention_resolutions": [8], "head_channels": 16, "context_dim": 16},
+            "diffusion": {"timesteps": 100},
+            "sample": {"num_images": 2, "steps": 2},
+            "train": _train()}
+    data.update(extra)
+    return from_dict(DecoderStageConfig, data)
+
+
+@pytest.mark.parametrize("conditioning", ["unclip", "text"])
+def test_decoder_stage_trains_exports_and_assembles(tmp_path, tiny_data, conditioning):
+    from unclip.pipelines import assemble
+    from unclip.train.engine import run_training
+
+    root, encoder_dir = tiny_data
+    stage = get_stage_class("decoder")(_decoder_config(root, encoder_dir, conditioning=conditioning))
+    assert isinstance(stage, DecoderStage)
+    model = stage.build_model()
+    cfg = model.config
+    assert cfg.image_size == 16 and cfg.text_token_dim == 32
+    assert (cfg.image_embed_dim, cfg.text_embed_dim) == ((16, 0) if conditioning == "unclip" else (0, 16))
+    final = run_training(stage, tmp_path / "run")
+    info = json.loads((final / "decoder" / "component.json").read_text())
+    assert info["role"] == "decoder" and info["conditioning"] == conditioning and info["diffusion"]["timesteps"] == 100
+    grids = list((tmp_path / "run" / "eval").rglob("decoder_samples_*.png"))
+    assert grids and Image.open(grids[0]).size[0] > 32
+    pipe = assemble(tmp_path / "pipe", encoder=encoder_dir, decoder=tmp_path / "run")
+    if conditioning == "text":
+        out = pipe(["a red circle"], num_images_per_prompt=2, seed=0, progress=False, decoder_steps=2)
+    else:
+        out = pipe.variations(Image.new("RGB", (16, 16), "red"), num_images=2, seed=0, progress=False, decoder_steps=2)
+    assert len(out.images) == 2 and out.images[0].size == (16, 16)
+
+
+def test_decoder_loss_uses_cfg_dropout(tiny_data):
+    root, encoder_dir = tiny_data
+    from unclip.data import collate_samples
+
+    seen = {}
+    stage = DecoderStage(_decoder_config(root, encoder_dir, drop_image=1.0, drop_text=0.0))
+    model = stage.build_model()
+    original = model.forward
+
+    def spy(x, t, **kwargs):
+        seen.update(kwargs)
+        return original(x, t, **kwargs)
+
+    model.forward = spy
+    dataset = stage.build_dataset("train")
+    batch = collate_samples([dataset[i] for i in range(4)])
+    batch["caption"][1] = ""  # a language-free image: always trained with the null caption
+    loss, logs = stage.loss(model, batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and "mse" in logs
+    assert seen["drop_image"].all()
+    assert seen["drop_text"].tolist() == [False, True, False, False]  # only the empty caption is dropped
+    assert seen["image_embed"].shape == (4, 16) and seen["text_tokens"].shape[0] == 4
+
+
+def test_decoder_stage_needs_an_encoder(tiny_data):
+    root, _ = tiny_data
+    stage = DecoderStage(_decoder_config(root, ""))
+    with pytest.raises(UnclipError, match="data.encoder"):
+        stage.build_model()
+
+
+def test_upsampler_stage_trains_and_exports(tmp_path, tiny_data):
+    from unclip.train.engine import run_training
+
+    root, _ = tiny_data
+    cfg = from_dict(UpsamplerStageConfig, {
+        "data": {"path": str(root), "image_size": 32, "low_res_size": 16},
+        "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": []},
+        "diffusion": {"timesteps": 100},
+        "degrade": {"kind": "bsr", "noise_levels": 10},
+        "sample": {"num_images": 2, "steps": 2},
+        "train": _train()})
+    stage = get_stage_class("upsampler")(cfg)
+    assert isinstance(stage, UpsamplerStage)
+    model = stage.build_model()
+    assert model.config.low_res_channels == 3 and model.config.noise_level_cond and not model.config.attention_resolutions
+    low, level = stage.conditioning(torch.rand(3, 3, 32, 32) * 2 - 1, torch.Generator().manual_seed(0))
+    assert low.shape == (3, 3, 16, 16) and level.shape == (3,)
+    final = run_training(stage, tmp_path / "run")
+    info = json.loads((final / "upsampler" / "component.json").read_text())
+    assert info["low_res_size"] == 16 and info["role"] == "upsampler"
+    assert list((tmp_path / "run" / "eval").rglob("upsampler_samples_*.png"))
+
+
+@pytest.mark.parametrize("name", ["tiny", "shapes32", "shapes32_glide", "emoji32", "emoji64"])
+def test_decoder_presets_parse(name):
+    cfg = load_config(DecoderStageConfig, f"configs/decoder/{name}.yaml")
+    assert cfg.train.steps >= 1 and cfg.data.image_size in (16, 32, 64)
+
+
+@pytest.mark.parametrize("name", ["tiny", "32to64", "64to256"])
+def test_upsampler_presets_parse(name):
+    cfg = load_config(UpsamplerStageConfig, f"configs/upsampler/{name}.yaml")
+    assert cfg.data.low_res_size < cfg.data.image_size
