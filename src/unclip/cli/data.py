@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from unclip.cli.common import add_command, int_in_range
@@ -95,7 +97,23 @@ def _progress(label: str):
     return report
 
 
+@contextmanager
+def _plain_warnings():
+    """Show data warnings as one 'warning: ...' line each, without source locations."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def _build(args) -> int:
+    with _plain_warnings():
+        return _run_build(args)
+
+
+def _run_build(args) -> int:
     start = time.time()
     if args.kind == "shapes":
         from unclip.data.shapes import DEFAULT_COUNT, DEFAULT_JITTER, build_shapes
@@ -132,13 +150,15 @@ def _build(args) -> int:
 def _info(args) -> int:
     from unclip.data.stats import dataset_stats, format_stats
 
-    print(format_stats(dataset_stats(args.dir)))
+    with _plain_warnings():
+        print(format_stats(dataset_stats(args.dir)))
     return 0
 
 
 def _preview(args) -> int:
     from unclip.data.preview import write_preview
 
-    n = write_preview(args.dir, args.out, n=args.n, split=args.split, seed=args.seed)
+    with _plain_warnings():
+        n = write_preview(args.dir, args.out, n=args.n, split=args.split, seed=args.seed)
     print(f"wrote {args.out} ({n} images)")
     return 0

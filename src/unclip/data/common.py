@@ -9,7 +9,6 @@ log and reported in one warning naming the count and the first few paths.
 from __future__ import annotations
 
 import io
-import logging
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +31,6 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-logger = logging.getLogger("unclip.data")
 
 
 class DataWarning(UserWarning):
@@ -40,7 +38,11 @@ class DataWarning(UserWarning):
 
 
 class BadSamples:
-    """Counts skipped samples; warns once per batch of findings with the first few paths."""
+    """Counts skipped samples; warns once per batch of findings with the first few paths.
+
+    Warnings are ``DataWarning``s (``warnings`` module): filter, record or turn them
+    into log records with ``logging.captureWarnings(True)``.
+    """
 
     def __init__(self, source: str, show: int = 5):
         self.source = source
@@ -64,7 +66,6 @@ class BadSamples:
         more = f" and {len(self.items) - self.show} more" if len(self.items) > self.show else ""
         message = (f"{self.source}: skipped {len(self.items)} bad sample(s){when}: {first}{more}")
         self._reported = len(self.items)
-        logger.warning(message)
         warnings.warn(message, DataWarning, stacklevel=3)
 
     def report_sparsely(self) -> None:

@@ -41,8 +41,10 @@ def caption_grid(images: Sequence[Image.Image], captions: Sequence[str], cell: i
         x = pad + (index % columns) * (cell + pad)
         y = pad + (index // columns) * (cell + text_height + pad)
         w, h = image.size
-        resample = Image.NEAREST if cell % max(w, h) == 0 else Image.LANCZOS
-        grid.paste(image.convert("RGB").resize((cell, cell), resample), (x, y))
+        scale = cell / max(w, h)  # fit inside the cell, keep the aspect ratio
+        resample = Image.NEAREST if scale == int(scale) else Image.LANCZOS
+        fitted = image.convert("RGB").resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+        grid.paste(fitted, (x + (cell - fitted.width) // 2, y + (cell - fitted.height) // 2))
         draw.rectangle([x - 1, y - 1, x + cell, y + cell], outline=(200, 200, 200))
         wrapped = textwrap.wrap(caption or "(no caption)", chars)[:lines]
         for k, line in enumerate(wrapped):
