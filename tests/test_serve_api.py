@@ -238,6 +238,21 @@ def test_text_diff(client):
     assert client.post("/api/text-diff", files=files, data={"from_caption": "a"}).status_code == 422
 
 
+def test_one_stage_model_with_flat_defaults():
+    class OneStage(FakePipeline):  # shaped like unclip.pipelines.clip_vq.ClipVQPipeline
+        kind, stages = "clipvq", ("decoder",)
+        defaults = {"steps": 5, "guidance_scale": 3.0, "truncation": 0.9}
+        variations = interpolate = text_diff = None
+    with make_client(OneStage()) as client:
+        info = client.get("/api/info").json()
+        assert info["defaults"] == {"decoder_steps": 5, "decoder_guidance": 3.0}
+        assert info["operations"] == ["generate"]
+        response = client.post("/api/generate", json={"prompt": "a", "seed": 1, "decoder_steps": 2,
+                                                      "prior_steps": 4})
+    assert response.status_code == 200, response.text
+    assert response.json()["result"]["command"].endswith("--seed 1 --decoder-steps 2")
+
+
 def test_operations_the_model_lacks_are_refused():
     class TextOnly(FakePipeline):
         variations = None

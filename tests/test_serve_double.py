@@ -76,7 +76,7 @@ class FakePipeline:
             self.max_active = max(self.max_active, self.active)
         try:
             for stage in self.stages:
-                total = settings.get(f"{stage}_steps", self.defaults[stage]["steps"])
+                total = settings.get(f"{stage}_steps", self.defaults.get(stage, self.defaults)["steps"])
                 for step in range(1, total + 1):
                     if self.step_delay:
                         time.sleep(self.step_delay)

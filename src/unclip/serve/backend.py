@@ -106,7 +106,10 @@ class Backend:
     def defaults(self) -> dict:
         """Flat defaults {"prior_steps": 25, "prior_guidance": 2.0, ...} from the pipeline's per-stage ones."""
         flat = {}
-        for stage, values in (getattr(self.pipeline, "defaults", None) or {}).items():
+        defaults = dict(getattr(self.pipeline, "defaults", None) or {})
+        if "steps" in defaults and len(self.stages) == 1:  # one-stage pipelines (CLIP-VQDiffusion) keep them flat
+            defaults = {self.stages[0]: defaults}
+        for stage, values in defaults.items():
             if isinstance(values, dict) and stage in self.stages:
                 if "steps" in values:
                     flat[f"{stage}_steps"] = values["steps"]
