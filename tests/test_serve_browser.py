@@ -86,3 +86,32 @@ def test_upload_for_variations(page, tmp_path):
     driver.find_element("id", "generate").click()
     _wait(driver, lambda d: _images_loaded(d, 2))
     assert pipeline.calls[-1][0] == "variations" and pipeline.calls[-1][1]["size"] == (32, 32)
+
+
+def test_gallery_images_feed_an_interpolation(page):
+    """Two gallery images become the interpolation's A and B; frames, GIF and strip appear."""
+    driver, pipeline = page
+    driver.find_element("css selector", "[data-op=generate]").click()
+    prompt = driver.find_element("id", "prompt")
+    prompt.clear()
+    prompt.send_keys("a blue square")
+    count = driver.find_element("id", "num_images")
+    count.clear()
+    count.send_keys("2")
+    driver.find_element("id", "generate").click()
+    _wait(driver, lambda d: _images_loaded(d, 2))
+    buttons_a = driver.find_elements("css selector", "#gallery [data-reuse=image_a]")
+    buttons_b = driver.find_elements("css selector", "#gallery [data-reuse=image_b]")
+    buttons_a[0].click()
+    _wait(driver, lambda d: d.execute_script("return document.getElementById('image_a').files.length") == 1)
+    buttons_b[1].click()
+    _wait(driver, lambda d: d.execute_script("return document.getElementById('image_b').files.length") == 1)
+    assert driver.find_element("css selector", "[data-panel=interpolate]").is_displayed()
+    frames = driver.find_element("id", "interp_frames")
+    frames.clear()
+    frames.send_keys("3")
+    driver.find_element("id", "generate").click()
+    _wait(driver, lambda d: _images_loaded(d, 3))
+    assert driver.find_element("css selector", "#animation img.gif").is_displayed()
+    assert pipeline.calls[-1][0] == "interpolate" and pipeline.calls[-1][1]["num_frames"] == 3
+    assert "unclip interpolate unclip-seed" in driver.find_element("id", "command").text

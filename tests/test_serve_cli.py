@@ -45,7 +45,7 @@ def test_binds_loopback_by_default_and_warns_otherwise(monkeypatch, capsys):
     import unclip.cli.serve as serve_cli
 
     calls = []
-    monkeypatch.setattr(serve_cli, "load", lambda model: FakePipeline())
+    monkeypatch.setattr(serve_cli, "load", lambda model, device: FakePipeline())
     monkeypatch.setattr(serve_cli, "check_port_free", lambda host, port: None)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
     assert main(["serve", "--model", "tiny", "--max-queue", "3"]) == 0

@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-images", type=int_in_range(1, 64), default=8, help="images per request")
     parser.add_argument("--max-steps", type=int_in_range(1, 1000), default=250, help="sampling steps per stage")
     parser.add_argument("--max-upload-mb", type=float_in_range(0.01, 100), default=8.0, help="per uploaded image")
+    parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu or cuda")
     parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
 
 
@@ -54,7 +55,7 @@ def run(args) -> int:
     except ValueError as exc:
         raise UnclipError(str(exc)) from None
     check_port_free(config.host, config.port)
-    pipeline = load(args.model)
+    pipeline = load(args.model, args.device)
     app = create_app(pipeline, model_ref=args.model, config=config)
     if not config.is_loopback:
         print(f"warning: listening on {config.host}: anyone who can reach this machine can use the server",
@@ -64,14 +65,14 @@ def run(args) -> int:
     return 0
 
 
-def load(model: str):
+def load(model: str, device: str = "cpu"):
     """Load the pipeline by directory or shipped name (unclip.pipelines.load_pipeline)."""
     try:
         from unclip.pipelines import load_pipeline
     except ImportError:
         raise UnclipError("this install has no pipelines module (unclip.pipelines.load_pipeline); "
                           "reinstall unclip") from None
-    return load_pipeline(model)
+    return load_pipeline(model, device=device)
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -207,7 +207,7 @@ function showResult(result) {
     const caption = document.createElement("figcaption");
     caption.textContent = `${image.label} · seed ${image.seed} · `;
     caption.appendChild(link);
-    figure.append(img, caption);
+    figure.append(img, caption, reuseButtons(src, `unclip-seed${image.seed}-${image.index}.png`));
     gallery.appendChild(figure);
   }
   if (result.gif_base64) {
@@ -227,6 +227,36 @@ function showResult(result) {
   $("command").textContent = result.command;
   $("command-box").hidden = false;
   $("status").textContent += ` in ${result.elapsed_s.toFixed(2)} s (seed ${result.seed})`;
+}
+
+// "use as": send a gallery image to an upload field (variations, interpolation A/B, text diff)
+const REUSE = [["vary", "variation_image", "variations"], ["A", "image_a", "interpolate"],
+               ["B", "image_b", "interpolate"], ["edit", "diff_image", "text-diff"]];
+
+function reuseButtons(src, name) {
+  const box = document.createElement("div");
+  box.className = "reuse";
+  box.append("use as: ");
+  for (const [label, inputId, op] of REUSE) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.dataset.reuse = inputId;
+    button.title = `use this image as the ${label === "A" || label === "B" ? "interpolation's " + label : op} input`;
+    button.addEventListener("click", () => useImage(src, name, inputId, op));
+    box.appendChild(button);
+  }
+  return box;
+}
+
+async function useImage(src, name, inputId, op) {
+  const blob = await (await fetch(src)).blob();
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], name, { type: "image/png" }));
+  const input = $(inputId);
+  input.files = transfer.files;
+  input.dispatchEvent(new Event("change"));
+  document.querySelector(`.tabs button[data-op="${op}"]`).click();
 }
 
 $("copy-command").addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText($("command").textContent));
