@@ -134,3 +134,12 @@ def test_train_export_generate_round_trip(tmp_path, capsys):
     assert main(["generate", "a red circle", "--model", str(final), "--out", str(tmp_path / "h.png"),
                  "--sampler", "ddim", "--quiet"]) == 2
     assert "does not apply to CLIP-VQDiffusion" in capsys.readouterr().err
+    # the experiment script runs end to end on it (scores are meaningless for random weights)
+    from unclip.eval.clipvq_experiment import main as experiment
+
+    assert experiment(["--run", f"tiny={final}", "--prompts", "3", "--steps", "2", "--eval-encoder",
+                       str(tmp_path / "encoder"), "--out", str(tmp_path / "exp.json")]) == 0
+    record = json.loads((tmp_path / "exp.json").read_text())
+    assert record["results"]["tiny"]["n"] == 3 and "r_precision" in record["results"]["tiny"]
+    real = record["results"]["real renders"]
+    assert real["color_acc"] == 1.0 and real["position_acc"] == 1.0
