@@ -132,3 +132,23 @@ def test_bad_images_are_clear_errors(encoder):
         encoder.encode_image(torch.full((1, 3, 16, 16), 255.0))
     with pytest.raises(UnclipError, match="shape"):
         encoder.encode_image(torch.zeros(2, 5, 16, 16))
+
+
+@torch.no_grad()
+def test_lit_with_locked_efficientnet_tower(tmp_path):
+    """LiT's locked-image variant: frozen ImageNet trunk, only the head is trained and saved."""
+    from unclip.encoders.lit import LitConfig, LitEncoder
+
+    torch.manual_seed(0)
+    config = from_dict(LitConfig, {"embed_dim": 16, "max_len": 12, "image_tower": "efficientnet",
+                                   "trunk_resize": 32, "head_hidden": 32, "vision": {"image_size": 16}})
+    encoder = LitEncoder(config).eval()
+    trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("text_proj", "image_head", "logit_scale")) for n in trainable)
+    batch = images(3, 16)
+    image = encoder.encode_image(batch)
+    assert image.shape == (3, 16) and torch.allclose(image.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(encoder.encode_image(batch[2:]), image[2:], atol=1e-5)
+    encoder.save(tmp_path / "enc")
+    assert (tmp_path / "enc" / "model.safetensors").stat().st_size < 2_000_000
+    assert torch.allclose(load_encoder(tmp_path / "enc").encode_image(batch), image, atol=1e-6)

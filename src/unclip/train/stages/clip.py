@@ -69,7 +69,7 @@ class _ImageCaption(Dataset):
         if self.cache is not None and index in self.cache:
             return self.cache[index]
         item = self.dataset[index]
-        item = {"image": item["image"], "caption": item["caption"]}
+        item = {"image": item["image"], "caption": item["caption"], "index": index}
         if self.cache is not None:
             self.cache[index] = item
         return item
@@ -91,6 +91,7 @@ class ClipStage(Stage):
         super().__init__(config)
         self._tokenizer = None
         self._text_cache: dict[str, torch.Tensor] = {}   # lit: frozen pooled features per caption
+        self._image_cache: dict[int, torch.Tensor] = {}  # lit/efficientnet: frozen trunk features per train index
 
     # --- data ----------------------------------------------------------------
     @property
@@ -110,7 +111,8 @@ class ClipStage(Stage):
         return _ImageCaption(self._open(split), cache=self.config.data.cache and split == "train")
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples]}
+        return {"image": torch.stack([s["image"] for s in samples]), "caption": [s["caption"] for s in samples],
+                "index": torch.tensor([s.get("index", -1) for s in samples])}
 
     # --- model ---------------------------------------------------------------
     def tokenizer(self):
@@ -143,8 +145,24 @@ class ClipStage(Stage):
             self._text_cache.update(zip(chunk, pooled))
         return torch.stack([self._text_cache[c] for c in captions])
 
-    def embed_batch(self, model, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        image_embed = model.encode_image(images)                          # [B, D]
+    def _lit_image(self, model, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Frozen EfficientNet features [B, 1280], cached per training index (no augmentation, so exact)."""
+        keys = [int(i) for i in indices]
+        missing = [row for row, key in enumerate(keys) if key < 0 or key not in self._image_cache]
+        if missing:
+            features = model.frozen_image_features(model.preprocess(images[missing])).cpu()
+            self._image_cache.update({keys[row]: f for row, f in zip(missing, features) if keys[row] >= 0})
+            fresh = dict(zip(missing, features))
+        else:
+            fresh = {}
+        return torch.stack([fresh[row] if row in fresh else self._image_cache[key] for row, key in enumerate(keys)])
+
+    def embed_batch(self, model, images: torch.Tensor, captions: list[str],
+                    indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.backend == "lit" and self.config.lit.image_tower == "efficientnet" and indices is not None:
+            image_embed = model.project_image(self._lit_image(model, images, indices).to(images.device))
+        else:
+            image_embed = model.encode_image(images)                      # [B, D]
         if self.config.backend == "lit":
             pooled = self._lit_text(model, captions).to(image_embed.device)
             text_embed = model.project_text(pooled)                       # [B, D]
@@ -154,7 +172,7 @@ class ClipStage(Stage):
 
     def loss(self, model, batch, generator):
         captions = list(batch["caption"])
-        image_embed, text_embed = self.embed_batch(model, batch["image"], captions)
+        image_embed, text_embed = self.embed_batch(model, batch["image"], captions, batch.get("index"))
         ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
         caption_ids = torch.tensor([ids[c] for c in captions], device=image_embed.device)
         same = caption_ids[:, None] == caption_ids[None, :]               # [B, B] shared caption
@@ -173,14 +191,34 @@ class ClipStage(Stage):
 
     @torch.no_grad()
     def export(self, model, out_dir: Path) -> Path:
-        from unclip.encoders.stats import compute_embed_stats, save_embed_stats
+        from unclip.encoders.stats import save_embed_stats
 
         directory = Path(out_dir) / "encoder"
         model = model.eval()
         if self.config.backend == "clip" and getattr(model, "tokenizer", None) is None:
             model.set_tokenizer(self.tokenizer())
         model.save(directory)
-        stats = compute_embed_stats(model, self._open("train"), max_items=self.config.data.stats_items)
-        save_embed_stats(directory, stats)
+        save_embed_stats(directory, self._train_stats(model))
         atomic_write_text(directory / "data.json", json.dumps({"data": self.config.data.path}) + "\n")
         return directory
+
+    def _train_stats(self, model) -> dict[str, torch.Tensor]:
+        """Embedding mean/std over (up to ``stats_items``) training items, reusing the frozen-feature caches."""
+        from unclip.encoders.stats import stats_from_embeddings
+
+        dataset = self._open("train")
+        n = min(len(dataset), self.config.data.stats_items)
+        captions = dataset_captions(dataset)
+        cached = self.config.backend == "lit" and self.config.lit.image_tower == "efficientnet"
+        images, texts = [], []
+        for start in range(0, n, 256):
+            indices = list(range(start, min(n, start + 256)))
+            if cached and all(i in self._image_cache for i in indices):
+                batch_images = torch.zeros(len(indices), 3, 1, 1)      # never read: trunk features are cached
+            else:
+                batch_images = torch.stack([dataset[i]["image"] for i in indices])
+            batch_captions = captions[start:start + len(indices)]
+            image_embed, text_embed = self.embed_batch(model, batch_images, batch_captions, torch.tensor(indices))
+            images.append(image_embed)
+            texts.append(text_embed)
+        return stats_from_embeddings(images, texts)
