@@ -53,8 +53,8 @@ def dataset_stats(path: str | Path) -> dict[str, Any]:
         "name": info.get("name"),
         "image_size": info.get("image_size"),
         "licences": info.get("licences", {}),
-        "counts": {s: len(c) for s, c in sorted(by_split.items())} | {"total": len(every)},
-        "unique_captions": {s: len(set(c)) for s, c in sorted(by_split.items())},
+        "counts": {s: len(c) for s, c in sorted(by_split.items(), key=_split_order)} | {"total": len(every)},
+        "unique_captions": {s: len(set(c)) for s, c in sorted(by_split.items(), key=_split_order)},
         "captions_also_in_train": overlap,
         "empty_captions": sum(not c for c in every),
         "words_per_caption": {
@@ -64,6 +64,11 @@ def dataset_stats(path: str | Path) -> dict[str, Any]:
         "vocabulary": len(vocab),
         "top_words": vocab.most_common(12),
     }
+
+
+def _split_order(item: tuple[str, Any]) -> tuple[int, str]:
+    order = {"train": 0, "val": 1, "test": 2}
+    return order.get(item[0], 3), item[0]
 
 
 def format_stats(stats: dict[str, Any]) -> str:
