@@ -199,6 +199,14 @@ def test_upload_size_and_pixel_limits():
         assert body.status_code == 413
 
 
+def test_large_uploads_are_downscaled_before_queueing():
+    pipeline = FakePipeline()
+    with make_client(pipeline, max_image_side=64) as client:
+        response = client.post("/api/variations", files={"image": ("big.png", png(size=(300, 150)), "image/png")})
+    assert response.status_code == 200
+    assert pipeline.calls[-1][1]["size"] == (64, 32)
+
+
 def test_upload_form_fields_are_validated(client):
     files = {"image": ("in.png", png(), "image/png")}
     assert client.post("/api/variations", files=files, data={"seed": "soon"}).status_code == 422

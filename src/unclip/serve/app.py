@@ -34,6 +34,7 @@ from unclip.serve.schemas import SEED_MAX, ErrorOut, GenerateIn, JobOut, ResultO
 STATIC_DIR = Path(__file__).parent / "static"
 GRACE_S = 2.0  # a sync request waits this long past its job's deadline for the worker to notice it
 JSON_BODY_LIMIT = 64 * 1024
+DECODERS = 2  # uploads decoded at the same time
 ERRORS = {code: {"model": ErrorOut} for code in (404, 409, 411, 413, 422, 429, 500, 504)}
 FAILED_STATUS = {JobState.FAILED: 422, JobState.CANCELLED: 409, JobState.TIMEOUT: 504}
 
@@ -65,6 +66,7 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
                   "variations, interpolations and text diffs. Every result carries its seeds and the "
                   "equivalent `unclip generate` command.")
     app.state.queue, app.state.backend, app.state.config = queue, backend, config
+    decoding = asyncio.Semaphore(DECODERS)
     _install_error_handlers(app)
     _install_body_limit(app, config)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -98,7 +100,7 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
                          wait: bool = Query(True, description=WAIT_HELP)):
         _check_count(config.max_images, num_images, "num_images")
         sampling = _sampling(config, sampling_in)
-        picture = await _read_image(config, image, "image")
+        picture = await _read_image(config, image, "image", decoding)
         name = _file_name(image, "image.png")
         job = _submit(queue, "variations",
                       lambda report: backend.variations(picture, num_images, sampling, report, image_name=name))
@@ -111,7 +113,8 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
                           wait: bool = Query(True, description=WAIT_HELP)):
         _check_count(config.max_frames, num_frames, "num_frames")
         sampling = _sampling(config, sampling_in)
-        first, second = await _read_image(config, image_a, "image_a"), await _read_image(config, image_b, "image_b")
+        first = await _read_image(config, image_a, "image_a", decoding)
+        second = await _read_image(config, image_b, "image_b", decoding)
         names = (_file_name(image_a, "a.png"), _file_name(image_b, "b.png"))
         job = _submit(queue, "interpolate", lambda report: backend.interpolate(first, second, num_frames, sampling,
                                                                               report, image_names=names))
@@ -127,7 +130,7 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
         target = _check_text(config, to_caption, "to_caption")
         _check_count(config.max_frames, num_frames, "num_frames")
         sampling = _sampling(config, sampling_in)
-        picture = await _read_image(config, image, "image")
+        picture = await _read_image(config, image, "image", decoding)
         name = _file_name(image, "image.png")
         job = _submit(queue, "text-diff", lambda report: backend.text_diff(picture, source, target, num_frames,
                                                                           sampling, report, image_name=name))
@@ -229,11 +232,15 @@ def _file_name(upload: UploadFile, default: str) -> str:
     return name or default
 
 
-async def _read_image(config: ServeConfig, upload: UploadFile, name: str):
+async def _read_image(config: ServeConfig, upload: UploadFile, name: str, decoding: asyncio.Semaphore):
+    """Read and decode one upload; at most ``DECODERS`` decode at once, so a burst of large
+    uploads cannot hold many full-size bitmaps in memory together."""
     data = await upload.read(config.max_upload_bytes + 1)  # never more than the limit (+1 to detect it)
     try:
-        return await run_in_threadpool(decode_upload, data, max_bytes=config.max_upload_bytes,
-                                       max_pixels=config.max_image_pixels, name=name)
+        async with decoding:
+            return await run_in_threadpool(decode_upload, data, max_bytes=config.max_upload_bytes,
+                                           max_pixels=config.max_image_pixels, max_side=config.max_image_side,
+                                           name=name)
     except UnclipError as exc:
         status = 413 if len(data) > config.max_upload_bytes else 422
         raise ApiError(status, str(exc)) from None

@@ -29,10 +29,11 @@ class ServeConfig:
     max_guidance: float = 20.0
     max_upload_bytes: int = 8 * 1024 * 1024  # per uploaded file
     max_image_pixels: int = 4096 * 4096  # checked from the header before decoding
+    max_image_side: int = 1024  # larger uploads are downscaled once decoded, so queued jobs stay small
 
     def __post_init__(self):
         positive = ("max_queue", "keep_results", "max_prompt_chars", "max_images", "max_steps",
-                    "max_upload_bytes", "max_image_pixels")
+                    "max_upload_bytes", "max_image_pixels", "max_image_side")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -68,4 +69,5 @@ class ServeConfig:
             "max_guidance": self.max_guidance,
             "max_upload_bytes": self.max_upload_bytes,
             "max_image_pixels": self.max_image_pixels,
+            "max_image_side": self.max_image_side,
         }

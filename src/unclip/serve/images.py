@@ -23,11 +23,13 @@ class ImageRejected(UnclipError):
     """An upload is not an acceptable image; the message says why."""
 
 
-def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "image") -> Image.Image:
+def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int | None = None,
+                  name: str = "image") -> Image.Image:
     """Decode ``data`` into an RGB image on white, refusing anything unsafe.
 
     Order matters: byte size, then the header (format and dimensions), and only
-    then the pixels.
+    then the pixels. An image with a side over ``max_side`` is downscaled (Lanczos,
+    aspect kept) so that what waits in the queue is small.
     """
     if not data:
         raise ImageRejected(f"{name}: the upload is empty; choose a PNG, JPEG, WebP, GIF or BMP file")
@@ -52,7 +54,10 @@ def decode_upload(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "
     try:
         image.seek(0)  # first frame of an animation
         image.load()
-        return to_rgb_on_white(image)
+        rgb = to_rgb_on_white(image)
+        if max_side is not None and max(rgb.size) > max_side:
+            rgb.thumbnail((max_side, max_side), Image.LANCZOS)
+        return rgb
     except Image.DecompressionBombError:
         raise ImageRejected(f"{name}: refused as a decompression bomb; resize the image first") from None
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
