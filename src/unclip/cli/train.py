@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from pathlib import Path
 
@@ -89,5 +90,6 @@ def run(args) -> int:
     except TrainingInterrupted as exc:
         print(f"stopped: {exc}")
         return 130
-    print(f"final model: {final}")
+    if os.environ.get("RANK", "0") == "0":  # one line, not one per process under torchrun
+        print(f"final model: {final}")
     return 0

@@ -84,7 +84,11 @@ def _isolated_rng():
 
 
 class _StopSignal:
-    """First SIGINT/SIGTERM asks for a checkpoint and a clean stop; a second one stops at once."""
+    """First SIGINT/SIGTERM asks for a checkpoint and a clean stop; a second SIGINT stops at once.
+
+    A SIGTERM after a SIGINT is ignored: ``torchrun`` answers Ctrl-C by sending
+    SIGTERM to its workers, which must still get to write their checkpoint.
+    """
 
     def __init__(self):
         self.received: int | None = None
@@ -97,9 +101,10 @@ class _StopSignal:
         return self
 
     def _handle(self, signum, frame):
-        if self.received is not None:
+        if self.received is None:
+            self.received = signum
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signum
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -358,6 +363,8 @@ def _train(run: _Run) -> Path:
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                     run.save()
                 if stop:
+                    if run.main:
+                        write_run_info(run.out_dir, run.stage, "interrupted", step=step)
                     name = signal.Signals(signals.received).name if signals.received else "a signal"
                     raise TrainingInterrupted(
                         f"stopped by {name} at step {step}; checkpoint saved, continue with: "
