@@ -116,6 +116,9 @@ class UnCLIPPipeline:
             self._text_to_image = False
         else:
             self._text_to_image = True
+        if upsampler is not None and int(upsampler.info.get("low_res_size", cfg.image_size)) != cfg.image_size:
+            raise CheckpointError(f"the upsampler expects {upsampler.info['low_res_size']} px inputs but the decoder "
+                                  f"makes {cfg.image_size} px images; assemble matching components")
         if cfg.image_embed_dim and cfg.image_embed_dim != encoder.embed_dim:
             raise CheckpointError(f"decoder expects {cfg.image_embed_dim}-dim CLIP embeddings but the encoder "
                                   f"gives {encoder.embed_dim}; assemble matching components")
