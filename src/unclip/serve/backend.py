@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 from PIL import Image
@@ -83,7 +83,6 @@ class Result:
     elapsed_s: float
     gif: bytes | None = None
     strip_png: bytes | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Backend:
@@ -230,7 +229,3 @@ def _sampling_args(sampling: Sampling, kwargs: dict) -> list[str]:
     for name, value in kwargs.items():
         args += ["--" + name.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
     return args
-
-
-def sampling_dict(sampling: Sampling) -> dict:
-    return asdict(sampling)
