@@ -76,6 +76,7 @@ def test_generate_errors_are_one_line(tmp_path, models, capsys):
         (["generate", "a red circle", "--model", models["glide"], "--out", str(tmp_path / "no" / "x.png")],
          "does not exist"),
         (["generate", "a red circle", "--model", models["unclip"], "--quiet"], "no prior"),
+        (["generate", "a red circle", "--model", models["glide"], "--sampler", "euler", "--quiet"], "unknown sampler"),
         (["vary", models["corrupt"], "--model", models["unclip"]], "cannot read image"),
         (["vary", str(tmp_path / "missing.png"), "--model", models["unclip"]], "image not found"),
         (["vary", models["red"], "--model", models["glide"], "--quiet"], "text-only"),

@@ -17,8 +17,6 @@ from unclip.cli.common import add_command, float_in_range, int_in_range
 from unclip.errors import UnclipError
 from unclip.pipelines.registry import DEFAULT_MODEL
 
-SAMPLER_CHOICES = ("ddim", "ddpm", "dpm++2m")
-
 
 def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name or pipeline directory")
@@ -33,8 +31,9 @@ def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> N
                         help="decoder classifier-free guidance scale")
     parser.add_argument("--upsampler-steps", type=int_in_range(1, 1000), default=None,
                         help="upsampler sampling steps")
-    parser.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
-                        help="sampler for every stage (default: the model's)")
+    parser.add_argument("--sampler", default=None,
+                        help="sampler for every stage: ddim, ddpm or dpm++2m for unCLIP; ancestral or purity for "
+                             "CLIP-VQDiffusion (default: the model's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

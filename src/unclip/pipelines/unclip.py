@@ -111,11 +111,8 @@ class UnCLIPPipeline:
         self.name = name
         self.defaults = {k: dict(v, **(defaults or {}).get(k, {})) for k, v in DEFAULTS.items()}
         cfg = decoder.model.config
-        if prior is None and cfg.image_embed_dim:
-            # Without a prior, z_i can only come from an image (variations etc.); text needs the prior.
-            self._text_to_image = False
-        else:
-            self._text_to_image = True
+        # An unCLIP decoder needs z_i: from the prior for text, or from an image for the manipulations.
+        self._text_to_image = prior is not None or not cfg.image_embed_dim
         if upsampler is not None and int(upsampler.info.get("low_res_size", cfg.image_size)) != cfg.image_size:
             raise CheckpointError(f"the upsampler expects {upsampler.info['low_res_size']} px inputs but the decoder "
                                   f"makes {cfg.image_size} px images; assemble matching components")
