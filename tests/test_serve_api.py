@@ -113,7 +113,7 @@ def test_async_job_reports_progress_then_result():
         accepted = client.post("/api/generate?wait=false", json={"prompt": "a star", "seed": 5})
         assert accepted.status_code == 202 and accepted.headers["location"] == accepted.json()["status_url"]
         seen = set()
-        for _ in range(500):
+        for _ in range(2000):
             job = client.get(accepted.json()["status_url"]).json()
             seen.add(job["status"])
             if job["status"] == "running" and job["progress"]["total"]:
@@ -272,9 +272,11 @@ def test_operations_the_model_lacks_are_refused():
 
 # --- jobs, queue, limits ----------------------------------------------------------
 def test_full_queue_answers_429_at_once_and_cancel_works():
-    with make_client(FakePipeline(step_delay=0.05), max_queue=1) as client:
-        running = client.post("/api/generate?wait=false", json={"prompt": "a"}).json()
-        for _ in range(100):  # wait until the worker picked it up
+    # the first job is slow (60 steps of 0.1 s) so it is still running when the queue fills; it is
+    # cancelled at the end, which stops it at its next step
+    with make_client(FakePipeline(step_delay=0.1), max_queue=1) as client:
+        running = client.post("/api/generate?wait=false", json={"prompt": "a", "decoder_steps": 60}).json()
+        for _ in range(1000):  # wait until the worker picked it up
             if client.get(running["status_url"]).json()["status"] == "running":
                 break
             time.sleep(0.01)
