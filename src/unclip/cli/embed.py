@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (built dataset, image folder, shards)")
     parser.add_argument("--out", required=True, help="output directory for the shards")
     parser.add_argument("--split", default="all", help="train, val, test, a comma list, or all")
-    parser.add_argument("--batch-size", type=int_in_range(1, 65536), default=64)
+    parser.add_argument("--batch-size", type=int_in_range(1, 65536), default=64, help="items per forward pass")
     parser.add_argument("--shard-size", type=int_in_range(1, 10_000_000), default=4096, help="rows per shard")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
