@@ -33,6 +33,8 @@ def _error_line(capsys) -> str:
     (["train", "--out", "x"], "name the stage to train"),
     (["train", "--resume", "nowhere"], "is not a training run"),
     (["train", "no.such.module:Stage", "--out", "x"], "cannot import stage"),
+    (["train", STAGE, "--data", "d", "--images", "i", "--out", "x"], "either --data or --images"),
+    (["train", STAGE, "--set", "train.mixed_precision=fp8", "--out", "x"], "is not one of"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -56,7 +58,8 @@ def test_images_shorthand_and_resume_of_a_finished_run(tmp_path, capsys):
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["data"]["path"] == "pics/" and saved["data"]["image_only"] is True
     assert "final model:" in capsys.readouterr().out
-    assert main(["train", STAGE, "--resume", str(run_dir)]) == 0
+    assert main(["train", STAGE, "--resume", str(run_dir), "--data", "other/"]) == 0  # --set/--data on resume
+    assert json.loads((run_dir / "config.json").read_text())["data"]["path"] == "other/"
     assert "already finished at step 3" in capsys.readouterr().out
     assert main(["train", "--resume", str(run_dir), "--out", "elsewhere"]) == 2
     assert "drop --config/--out" in _error_line(capsys)
