@@ -1,0 +1,156 @@
+"""How good is a prior? Held-out captions scored against their true CLIP image embeddings.
+
+For each held-out (caption, image) pair the prior samples an image embedding from the caption
+(Ramesh et al. 2022, §2.1). Reported per method:
+
+* ``cosine``: cosine(sampled image embedding, true image embedding), averaged;
+* retrieval of the true image among all evaluated images using the sampled embedding as the
+  query: ``mean_rank``, ``median_rank`` (1 = best), ``top1``, ``top5`` (fractions).
+
+Baselines in the same table: ``text_embedding`` (the caption's CLIP text embedding used directly
+as the image embedding: the paper's "caption embedding" ablation, §5.1 / Fig. 6) and
+``mean_image_embedding`` (the training set's mean image embedding, the same for every caption).
+
+    python -m unclip.eval.prior_eval --prior runs/prior-shapes --embeddings data/emb/shapes32 --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from unclip.errors import UnclipError
+
+__all__ = ["embedding_metrics", "evaluate_prior", "resolve_prior_path", "format_table", "main"]
+
+
+def embedding_metrics(pred: torch.Tensor, true_image: torch.Tensor) -> dict[str, float]:
+    """Cosine and retrieval metrics of predicted embeddings pred [N, D] against true_image [N, D] (row i ↔ i)."""
+    pred, true_image = F.normalize(pred.float(), dim=-1), F.normalize(true_image.float(), dim=-1)
+    cosine = (pred * true_image).sum(-1)                                  # (N,)
+    sims = pred @ true_image.T                                            # (N, N): query i vs image j
+    ranks = 1 + (sims > cosine[:, None]).sum(1).float()                   # ties count in our favour
+    return {"cosine": float(cosine.mean()), "cosine_std": float(cosine.std()) if len(cosine) > 1 else 0.0,
+            "mean_rank": float(ranks.mean()), "median_rank": float(ranks.median()),
+            "top1": float((ranks <= 1).float().mean()), "top5": float((ranks <= 5).float().mean())}
+
+
+@torch.no_grad()
+def evaluate_prior(
+    prior: torch.nn.Module,
+    rows: Any,
+    *,
+    max_items: int | None = 500,
+    sampler: str = "ddim",
+    steps: int = 64,
+    guidance_scale: float = 2.0,
+    num_candidates: int = 2,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score ``prior`` and the two baselines on ``rows`` (``EmbeddingRows``: .tensors with image_embed,
+    text_embed, text_tokens, text_mask). Returns {"items", "prior", "text_embedding",
+    "mean_image_embedding", "seconds_per_embedding", "settings"}."""
+    from unclip.encoders.base import TextEncoding
+    from unclip.models.prior import sample_prior
+
+    tensors = rows.tensors
+    n_all = len(tensors["image_embed"])
+    n = n_all if not max_items else min(n_all, max_items)
+    index = torch.linspace(0, n_all - 1, n).round().long()               # evenly spaced, deterministic
+    device = prior.image_mean.device
+    pick = {k: v[index].to(device) for k, v in tensors.items()}
+    generator = torch.Generator(device).manual_seed(seed)
+    samples = []
+    start = time.perf_counter()
+    for lo in range(0, n, batch_size):
+        part = slice(lo, lo + batch_size)
+        text = TextEncoding(embed=pick["text_embed"][part], tokens=pick["text_tokens"][part], mask=pick["text_mask"][part])
+        noise = torch.randn(text.embed.shape, generator=generator, device=device)
+        samples.append(sample_prior(prior, text, noise=noise, num_candidates=num_candidates, steps=steps,
+                                    sampler=sampler, guidance_scale=guidance_scale, generator=generator))
+    seconds = (time.perf_counter() - start) / n
+    sampled = torch.cat(samples)
+    true_image = pick["image_embed"]
+    mean_image = prior.image_mean.float()[None].expand_as(true_image)
+    return {
+        "items": n,
+        "prior": embedding_metrics(sampled, true_image),
+        "text_embedding": embedding_metrics(pick["text_embed"], true_image),
+        "mean_image_embedding": embedding_metrics(mean_image, true_image),
+        "seconds_per_embedding": seconds,
+        "settings": {"sampler": sampler, "steps": steps, "guidance_scale": guidance_scale,
+                     "num_candidates": num_candidates, "device": str(device)},
+    }
+
+
+def resolve_prior_path(path: str | Path) -> Path:
+    """A prior model file from a file, a prior directory, or a training run directory."""
+    path = Path(path)
+    for candidate in (path, path / "model.safetensors", path / "prior" / "model.safetensors",
+                      path / "final" / "prior" / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    raise UnclipError(f"no prior model under {path} (expected RUNDIR/final/prior/model.safetensors; "
+                      "train one with 'unclip train prior')")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown table of the three methods."""
+    lines = [f"held-out captions: {result['items']}  |  sampling: {result['seconds_per_embedding'] * 1000:.2f} ms "
+             f"per embedding ({result['settings']})", "",
+             "| method | cosine to true image embed | mean rank | median rank | top-1 | top-5 |",
+             "|---|---|---|---|---|---|"]
+    for key, label in (("prior", "diffusion prior"), ("text_embedding", "text embedding as image embedding"),
+                       ("mean_image_embedding", "mean image embedding")):
+        m = result[key]
+        lines.append(f"| {label} | {m['cosine']:.3f} | {m['mean_rank']:.1f} | {m['median_rank']:.0f} | "
+                     f"{m['top1']:.3f} | {m['top5']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m unclip.eval.prior_eval", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="examples:\n  python -m unclip.eval.prior_eval --prior runs/prior-shapes "
+                                            "--embeddings data/emb/shapes32 --split test --items 500")
+    parser.add_argument("--prior", required=True, help="prior model file, prior dir, or training run dir")
+    parser.add_argument("--embeddings", required=True, help="embeddings directory from 'unclip embed'")
+    parser.add_argument("--split", default="test", help="held-out split to score")
+    parser.add_argument("--items", type=int, default=500, help="captions scored (0 = all)")
+    parser.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpm++2m"))
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
+    parser.add_argument("--candidates", type=int, default=2, help="samples per caption; keep the best (§2.1)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        from unclip.checkpoint import load_model
+        from unclip.models.prior import DiffusionPrior
+        from unclip.train.stages.prior import EmbeddingRows
+
+        prior = load_model(resolve_prior_path(args.prior), device=args.device, expected=DiffusionPrior)
+        rows = EmbeddingRows(args.embeddings, args.split)
+        result = evaluate_prior(prior, rows, max_items=args.items or None, sampler=args.sampler, steps=args.steps,
+                                guidance_scale=args.guidance, num_candidates=args.candidates)
+    except UnclipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out:
+        from unclip.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Training stage ``prior``: the unCLIP diffusion prior P(z_i | y) (Ramesh et al. 2022, §2.1, App. C).
+
+Data: an embeddings directory written by ``unclip embed`` (``data.path`` = EMBDIR; read with
+``unclip.encoders.shards.open_embeddings``). Embeddings are normalised per dimension with the
+encoder's ``embed_stats.safetensors`` (looked up in ``data.encoder``, else the encoder named in
+EMBDIR/embed.json, else EMBDIR itself; computed from the training split as a last resort).
+Loss: MSE on the unnoised image embedding (x0 prediction) via ``GaussianDiffusion.training_losses``;
+the text conditioning is dropped with probability ``drop_text`` (paper: 10%) for guidance.
+Export: ``final/prior/model.safetensors`` (config + embedding statistics inside) and
+``final/prior/component.json`` (sampling defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset
+
+from unclip.checkpoint import atomic_write_text, save_model
+from unclip.config import to_dict
+from unclip.diffusion import GaussianDiffusion
+from unclip.errors import UnclipError
+from unclip.models.prior import DiffusionPrior, PriorConfig, replace_dims
+from unclip.train.config import TrainConfig
+from unclip.train.stage import Stage
+
+__all__ = ["PriorData", "PriorSample", "PriorStageConfig", "PriorStage", "EmbeddingRows", "find_embed_stats"]
+
+
+@dataclass(frozen=True)
+class PriorData:
+    path: str = "data/emb/shapes32"   # EMBDIR from 'unclip embed'
+    encoder: str = ""                 # encoder dir holding embed_stats.safetensors ("" = the one in embed.json)
+    train_split: str = "train"
+    val_split: str = "val"
+
+
+@dataclass(frozen=True)
+class PriorSample:
+    """Sampling settings for ``evaluate`` and the defaults written to component.json."""
+    sampler: Literal["ddim", "ddpm", "dpm++2m"] = "ddim"
+    steps: int = 64
+    guidance_scale: float = 2.0
+    num_candidates: int = 2
+    eval_items: int = 256             # held-out captions scored at each evaluation
+
+
+@dataclass(frozen=True)
+class PriorStageConfig:
+    data: PriorData = field(default_factory=PriorData)
+    model: PriorConfig = field(default_factory=PriorConfig)   # embed_dim/token_dim/max_text_len come from the data
+    train: TrainConfig = field(default_factory=TrainConfig)
+    drop_text: float = 0.1
+    sample: PriorSample = field(default_factory=PriorSample)
+
+    def __post_init__(self):
+        if not 0.0 <= self.drop_text <= 1.0:
+            raise ValueError("drop_text must be in [0, 1]")
+
+
+class EmbeddingRows(Dataset):
+    """One split of an embeddings directory held in memory as tensors (embeddings are small)."""
+
+    def __init__(self, path: str | Path, split: str):
+        from unclip.encoders.shards import open_embeddings
+
+        source = open_embeddings(path, split)
+        self.info = source.info
+        self.captions = source.captions
+        self.tensors = {key: source.stack(key) for key in ("image_embed", "text_embed", "text_tokens", "text_mask")}
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[index] for key, value in self.tensors.items()}
+
+
+def find_embed_stats(embeddings: str | Path, encoder: str = "", info: dict | None = None) -> dict | None:
+    """The encoder's embedding statistics: data.encoder, then embed.json's encoder, then EMBDIR; else None."""
+    from unclip.encoders.stats import STATS_FILE, load_embed_stats
+
+    candidates = [encoder, (info or {}).get("encoder", ""), str(embeddings)]
+    for directory in candidates:
+        if directory and (Path(directory) / STATS_FILE).is_file():
+            return load_embed_stats(directory)
+    return None
+
+
+class PriorStage(Stage):
+    name = "prior"
+    config_class = PriorStageConfig
+
+    def __init__(self, config: PriorStageConfig):
+        super().__init__(config)
+        self._splits: dict[str, EmbeddingRows] = {}
+        self.diffusion = GaussianDiffusion(config.model.diffusion)
+
+    def split(self, name: str) -> EmbeddingRows:
+        if name not in self._splits:
+            self._splits[name] = EmbeddingRows(self.config.data.path, name)
+        return self._splits[name]
+
+    def build_model(self) -> DiffusionPrior:
+        rows = self.split(self.config.data.train_split)
+        info = rows.info
+        config = replace_dims(self.config.model, embed_dim=int(info["embed_dim"]), token_dim=int(info["token_dim"]),
+                              max_text_len=int(info["max_len"]), unit_norm=bool(info.get("normalized", True)))
+        model = DiffusionPrior(config)
+        stats = find_embed_stats(self.config.data.path, self.config.data.encoder, info)
+        if stats is None:
+            print(f"note: no embed_stats.safetensors found for {self.config.data.path}; "
+                  "using the training split's statistics", file=sys.stderr)
+            stats = _stats_of(rows)
+        model.set_embed_stats(stats)
+        return model
+
+    def build_dataset(self, split: str) -> Dataset:
+        name = self.config.data.train_split if split == "train" else self.config.data.val_split
+        return self.split(name)
+
+    def loss(self, model, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        prior = getattr(model, "module", model)   # DDP wraps the network; the buffers live on the inner module
+        x_start = prior.normalize_image(batch["image_embed"].float())                  # (B, D)
+        B = x_start.shape[0]
+        drop = torch.rand(B, generator=generator, device=x_start.device) < self.config.drop_text
+        kwargs = {"text_embed": prior.normalize_text(batch["text_embed"].float()), "text_tokens": batch["text_tokens"],
+                  "text_mask": batch["text_mask"], "text_drop": drop}
+        t = self.diffusion.sample_timesteps(B, generator, x_start.device)
+        terms = self.diffusion.training_losses(model, x_start, t, model_kwargs=kwargs, generator=generator)
+        loss = terms["loss"].mean()
+        return loss, {"mse": float(terms["mse"].detach().mean())}
+
+    def evaluate(self, model, out_dir: Path, step: int) -> dict[str, float]:
+        from unclip.eval.prior_eval import evaluate_prior
+
+        try:
+            rows = self.split(self.config.data.val_split)
+        except UnclipError:
+            return {}
+        s = self.config.sample
+        table = evaluate_prior(model, rows, max_items=s.eval_items, sampler=s.sampler, steps=s.steps,
+                               guidance_scale=s.guidance_scale, num_candidates=s.num_candidates)
+        atomic_write_text(Path(out_dir) / "prior_eval.json", json.dumps(table, indent=2) + "\n")
+        prior = table["prior"]
+        return {"cosine": prior["cosine"], "mean_rank": prior["mean_rank"], "top1": prior["top1"]}
+
+    def export(self, model, out_dir: Path) -> Path:
+        directory = Path(out_dir) / "prior"
+        info: dict[str, Any] = {"role": "prior", "embeddings": str(self.config.data.path),
+                                "sample": to_dict(self.config.sample)}
+        path = directory / "model.safetensors"
+        save_model(model, path, extra_metadata={"component": json.dumps(info, sort_keys=True)})
+        atomic_write_text(directory / "component.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def _stats_of(rows: EmbeddingRows) -> dict[str, torch.Tensor]:
+    image, text = rows.tensors["image_embed"].double(), rows.tensors["text_embed"].double()
+    return {"image_mean": image.mean(0).float(), "image_std": image.std(0).float().clamp(min=1e-6),
+            "text_mean": text.mean(0).float(), "text_std": text.std(0).float().clamp(min=1e-6)}
