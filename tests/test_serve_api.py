@@ -55,9 +55,11 @@ def test_page_and_static_assets_are_self_contained(client):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'id="prompt"' in page.text and 'id="generate"' in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no CDN, works offline
-    for asset in ("/static/app.js", "/static/style.css"):
+    for asset in ("/docs", "/static/app.js", "/static/api.js", "/static/style.css"):
         response = client.get(asset)
-        assert response.status_code == 200 and "http" not in response.text.replace("HTTP ", "")
+        assert response.status_code == 200 and "http" not in response.text.replace("HTTP ", "").lower()
+    assert "/openapi.json" in client.get("/docs").text  # our offline API page, not the CDN Swagger UI
+    assert client.get("/redoc").status_code == 404
 
 
 def test_health_info_and_openapi(client):

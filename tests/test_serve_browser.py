@@ -115,3 +115,12 @@ def test_gallery_images_feed_an_interpolation(page):
     assert driver.find_element("css selector", "#animation img.gif").is_displayed()
     assert pipeline.calls[-1][0] == "interpolate" and pipeline.calls[-1][1]["num_frames"] == 3
     assert "unclip interpolate unclip-seed" in driver.find_element("id", "command").text
+
+
+def test_api_reference_page_renders_offline(page):
+    driver, _ = page
+    assert driver.find_element("css selector", "a.api-link").get_attribute("href").endswith("/docs")
+    driver.get(driver.current_url.rstrip("/") + "/docs")
+    _wait(driver, lambda d: len(d.find_elements("css selector", "section.endpoint")) >= 8)
+    text = driver.find_element("id", "api").text
+    assert "/api/generate" in text and "num_images" in text and "429" in text

@@ -61,10 +61,14 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
         finally:
             queue.stop()
 
-    app = FastAPI(title="unclip", version=__version__, lifespan=lifespan,
+    if not (STATIC_DIR / "index.html").is_file():
+        raise UnclipError(f"the web page files are missing from this install ({STATIC_DIR}); reinstall unclip")
+    # docs_url=None: FastAPI's Swagger UI loads from a CDN; /docs is our own offline page over /openapi.json
+    app = FastAPI(title="unclip", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-image on CLIP latents (unCLIP, arXiv 2204.06125): generation, "
                   "variations, interpolations and text diffs. Every result carries its seeds and the "
-                  "equivalent `unclip generate` command.")
+                  "equivalent `unclip` command. The ranges below are hard limits; each server sets tighter ones "
+                  "(GET /api/info, `limits`).")
     app.state.queue, app.state.backend, app.state.config = queue, backend, config
     decoding = asyncio.Semaphore(DECODERS)
     _install_error_handlers(app)
@@ -74,6 +78,10 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
     @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs():
+        return FileResponse(STATIC_DIR / "api.html", media_type="text/html")
 
     @app.get("/api/health", summary="Liveness and queue length")
     def health():
