@@ -52,12 +52,24 @@ def tiny_component(role: str, encoder, seed: int = 1):
     return Component(_wake(UNet(cfg), seed), info)
 
 
+def tiny_prior(encoder, seed: int = 3):
+    from unclip.models.prior import DiffusionPrior, PriorConfig
+    from unclip.pipelines.prior_adapter import PriorComponent
+
+    torch.manual_seed(seed)
+    config = PriorConfig(embed_dim=encoder.embed_dim, token_dim=encoder.token_dim, max_text_len=encoder.max_len,
+                         width=32, layers=1, heads=2, diffusion=DiffusionConfig(timesteps=100, prediction="x0"))
+    return PriorComponent(DiffusionPrior(config).eval())
+
+
 def tiny_pipeline(kind: str = "unclip", upsampler: bool = True):
-    """kind 'unclip': CLIP-image decoder without prior (manipulations only); 'glide': text-only decoder."""
+    """kind 'full': prior + unCLIP decoder; 'unclip': the decoder without a prior (manipulations only);
+    'glide': text-only decoder."""
     from unclip.pipelines.unclip import UnCLIPPipeline
 
     encoder = tiny_encoder()
-    decoder = tiny_component("decoder" if kind == "unclip" else "glide", encoder)
+    decoder = tiny_component("glide" if kind == "glide" else "decoder", encoder)
+    prior = tiny_prior(encoder) if kind == "full" else None
     up = tiny_component("upsampler", encoder, seed=2) if upsampler else None
     defaults = {s: {"steps": 4} for s in ("prior", "decoder", "upsampler")}
-    return UnCLIPPipeline(encoder, decoder, upsampler=up, defaults=defaults, name=f"tiny-{kind}")
+    return UnCLIPPipeline(encoder, decoder, prior=prior, upsampler=up, defaults=defaults, name=f"tiny-{kind}")
