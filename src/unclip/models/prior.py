@@ -224,8 +224,15 @@ def sample_prior(
     ``noise`` [B, D] is the first candidate's x_T (drawn from ``generator`` when None). Each caption
     gets ``num_candidates`` samples; the one with the highest dot product with the caption's text
     embedding is kept (§2.1). ``negative_text`` (a TextEncoding) replaces the null condition in the
-    unconditional branch of classifier-free guidance.
+    unconditional branch of classifier-free guidance. An ``ARPrior`` is sampled with
+    ``sample_ar_prior`` (steps, sampler and eta do not apply to it).
     """
+    if not isinstance(prior, DiffusionPrior):
+        from unclip.models.ar_prior import ARPrior, sample_ar_prior
+
+        if isinstance(prior, ARPrior):  # the same call samples the autoregressive prior
+            return sample_ar_prior(prior, text, negative_text=negative_text, noise=noise, num_candidates=num_candidates,
+                                   guidance_scale=guidance_scale, generator=generator, callback=callback)
     if num_candidates < 1:
         raise UnclipError(f"num_candidates must be >= 1, got {num_candidates}")
     device = prior.image_mean.device

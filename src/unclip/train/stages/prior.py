@@ -6,12 +6,16 @@ encoder's ``embed_stats.safetensors`` (looked up in ``data.encoder``, else the e
 EMBDIR/embed.json, else EMBDIR itself; computed from the training split as a last resort).
 Loss: MSE on the unnoised image embedding (x0 prediction) via ``GaussianDiffusion.training_losses``;
 the text conditioning is dropped with probability ``drop_text`` (paper: 10%) for guidance.
+``kind: autoregressive`` trains the AR prior of §2.1 instead (``unclip.models.ar_prior``: PCA,
+quantile buckets, cross-entropy over the code sequence); both export to the same place and are
+sampled by ``unclip.models.prior.sample_prior``.
 Export: ``final/prior/model.safetensors`` (config + embedding statistics inside) and
 ``final/prior/component.json`` (sampling defaults).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,12 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from unclip.checkpoint import atomic_write_text, save_model
 from unclip.config import to_dict
 from unclip.diffusion import GaussianDiffusion
 from unclip.errors import UnclipError
+from unclip.models.ar_prior import ARPrior, ARPriorConfig
 from unclip.models.prior import DiffusionPrior, PriorConfig, replace_dims
 from unclip.train.config import TrainConfig
 from unclip.train.stage import Stage
@@ -53,7 +59,9 @@ class PriorSample:
 @dataclass(frozen=True)
 class PriorStageConfig:
     data: PriorData = field(default_factory=PriorData)
+    kind: Literal["diffusion", "autoregressive"] = "diffusion"
     model: PriorConfig = field(default_factory=PriorConfig)   # embed_dim/token_dim/max_text_len come from the data
+    ar: ARPriorConfig = field(default_factory=ARPriorConfig)  # used when kind: autoregressive
     train: TrainConfig = field(default_factory=TrainConfig)
     drop_text: float = 0.1
     sample: PriorSample = field(default_factory=PriorSample)
@@ -106,9 +114,11 @@ class PriorStage(Stage):
             self._splits[name] = EmbeddingRows(self.config.data.path, name)
         return self._splits[name]
 
-    def build_model(self) -> DiffusionPrior:
+    def build_model(self) -> DiffusionPrior | ARPrior:
         rows = self.split(self.config.data.train_split)
         info = rows.info
+        if self.config.kind == "autoregressive":
+            return self._build_ar(rows)
         config = replace_dims(self.config.model, embed_dim=int(info["embed_dim"]), token_dim=int(info["token_dim"]),
                               max_text_len=int(info["max_len"]), unit_norm=bool(info.get("normalized", True)))
         model = DiffusionPrior(config)
@@ -120,12 +130,24 @@ class PriorStage(Stage):
         model.set_embed_stats(stats)
         return model
 
+    def _build_ar(self, rows: EmbeddingRows) -> ARPrior:
+        info = rows.info
+        embed_dim = int(info["embed_dim"])
+        config = dataclasses.replace(self.config.ar, embed_dim=embed_dim, token_dim=int(info["token_dim"]),
+                                     max_text_len=int(info["max_len"]), unit_norm=bool(info.get("normalized", True)),
+                                     pca_dims=min(self.config.ar.pca_dims, embed_dim))
+        model = ARPrior(config)
+        model.fit_codebook(rows.tensors["image_embed"], rows.tensors["text_embed"])
+        return model
+
     def build_dataset(self, split: str) -> Dataset:
         name = self.config.data.train_split if split == "train" else self.config.data.val_split
         return self.split(name)
 
     def loss(self, model, batch: dict[str, torch.Tensor], generator: torch.Generator):
         prior = getattr(model, "module", model)   # DDP wraps the network; the buffers live on the inner module
+        if isinstance(prior, ARPrior):
+            return self._ar_loss(model, prior, batch, generator)
         x_start = prior.normalize_image(batch["image_embed"].float())                  # (B, D)
         B = x_start.shape[0]
         drop = torch.rand(B, generator=generator, device=x_start.device) < self.config.drop_text
@@ -135,6 +157,15 @@ class PriorStage(Stage):
         terms = self.diffusion.training_losses(model, x_start, t, model_kwargs=kwargs, generator=generator)
         loss = terms["loss"].mean()
         return loss, {"mse": float(terms["mse"].detach().mean())}
+
+    def _ar_loss(self, model, prior: ARPrior, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        """Cross-entropy of the PCA/bucket code sequence (teacher forcing), text dropped for guidance."""
+        codes = prior.encode(batch["image_embed"].float())                                  # (B, K)
+        drop = torch.rand(codes.shape[0], generator=generator, device=codes.device) < self.config.drop_text
+        logits = model(codes[:, :-1], text_embed=batch["text_embed"], text_tokens=batch["text_tokens"],
+                       text_mask=batch["text_mask"], text_drop=drop)                         # (B, K, NB)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
+        return loss, {"ce": float(loss.detach())}
 
     def evaluate(self, model, out_dir: Path, step: int) -> dict[str, float]:
         from unclip.eval.prior_eval import evaluate_prior
@@ -152,7 +183,7 @@ class PriorStage(Stage):
 
     def export(self, model, out_dir: Path) -> Path:
         directory = Path(out_dir) / "prior"
-        info: dict[str, Any] = {"role": "prior", "embeddings": str(self.config.data.path),
+        info: dict[str, Any] = {"role": "prior", "kind": self.config.kind, "embeddings": str(self.config.data.path),
                                 "sample": to_dict(self.config.sample)}
         path = directory / "model.safetensors"
         save_model(model, path, extra_metadata={"component": json.dumps(info, sort_keys=True)})
