@@ -1,24 +1,27 @@
-"""fp32 vs bf16-autocast training step time and peak memory on this CPU, through the real engine.
+"""fp32 vs bf16-autocast training step time and peak memory on this CPU.
 
-Each (model, precision) pair trains in a fresh process (so ``ru_maxrss`` is
-that run's peak RSS) with ``unclip.train.engine.run_training`` on synthetic
-data; step time comes from the engine's own ``metrics.csv`` (samples/s over
-the logged windows after the first, which is warm-up). Runs alternate
-fp32/bf16 and repeat, and the table reports medians, so both precisions see
-the same machine load.
+Step time: in one process, the same training step the engine takes (autocast
+forward + loss, backward, gradient clipping, AdamW, EMA update) alternates
+between fp32 and bf16 step by step, so both precisions see the same machine
+load (this CPU is shared); the table gives medians and the median of the
+per-pair ratios. Peak memory: each (model, precision) then trains for a few
+steps through ``unclip.train.engine.run_training`` in a fresh process, whose
+``ru_maxrss`` is that run's peak RSS.
 
-    OMP_NUM_THREADS=2 python bench/train_precision.py --repeats 3 --steps 30
+    OMP_NUM_THREADS=2 python bench/train_precision.py --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,58 +112,88 @@ class BenchStage(Stage):
         return Path(out_dir)
 
 
-def worker(model_name: str, precision: str, steps: int, log_every: int) -> dict:
+def _setup(model_name: str):
     model_cfg, batch = MODELS[model_name]
-    train = TrainConfig(steps=steps, batch_size=batch, warmup_steps=2, mixed_precision=precision, ema_decay=0.999,
-                        log_every=log_every, checkpoint_every=10**9, num_workers=0)
-    from unclip.train.engine import run_training
-    from unclip.train.metrics import read_metrics
+    train = TrainConfig(steps=10**6, batch_size=batch, warmup_steps=0, ema_decay=0.999)
+    stage = BenchStage(BenchConfig(model_cfg, train))
+    torch.manual_seed(0)
+    return stage, stage.build_model().train(), train
 
+
+def paired_step_times(model_name: str, steps: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per training step, fp32 and bf16 interleaved (order swapped every pair)."""
+    from unclip.train.ema import EMA
+    from unclip.train.optim import build_optimizer
+
+    stage, model, train = _setup(model_name)
+    optimizer, ema = build_optimizer(model, train), EMA(model, train.ema_decay)
+    data = stage.build_dataset("train")
+    generator = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {"no": [], "bf16": []}
+    for i in range(warmup + steps):
+        batch = torch.stack([data[(i * train.batch_size + j) % len(data)] for j in range(train.batch_size)])
+        for precision in (("no", "bf16") if i % 2 == 0 else ("bf16", "no")):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss, _ = stage.loss(model, batch, generator)
+            loss.float().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(model, i + 1)
+            if i >= warmup:
+                times[precision].append(time.perf_counter() - start)
+    return times
+
+
+def engine_peak_rss(model_name: str, precision: str, steps: int) -> dict:
+    """Train through the engine in this (fresh) process; peak RSS of the whole run."""
+    from unclip.train.engine import run_training
+
+    stage, _, train = _setup(model_name)
+    train = dataclasses.replace(train, steps=steps, warmup_steps=1, mixed_precision=precision, log_every=steps,
+                                checkpoint_every=steps)
     with tempfile.TemporaryDirectory() as tmp:
-        run_training(BenchStage(BenchConfig(model_cfg, train)), Path(tmp) / "run")
-        rows = read_metrics(Path(tmp) / "run" / "metrics.csv")[1:]   # the first window is warm-up
-    step_ms = statistics.mean(batch / float(r["samples_per_s"]) * 1000 for r in rows)
-    params = sum(p.numel() for p in BenchNet(model_cfg).parameters())
-    return {"model": model_name, "precision": precision, "params": params, "batch": batch,
-            "step_ms": step_ms, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "final_loss": float(rows[-1]["loss"])}
+        run_training(BenchStage(BenchConfig(stage.config.model, train)), Path(tmp) / "run")
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--log-every", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["tiny-transformer", "small-convnet-32px"],
+                        choices=list(MODELS))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per precision")
+    parser.add_argument("--rss-steps", type=int, default=4, help="engine steps for the peak-RSS runs")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(*args.worker, args.steps, args.log_every)))
+        print("RESULT " + json.dumps(engine_peak_rss(*args.worker, args.rss_steps)))
         return
-    results = []
-    for model_name in args.models:
-        for _ in range(args.repeats):
-            for precision in ("no", "bf16"):  # alternate so both see the same machine load
-                out = subprocess.run([sys.executable, __file__, "--worker", model_name, precision, "--steps",
-                                      str(args.steps), "--log-every", str(args.log_every)],
-                                     capture_output=True, text=True, check=True).stdout
-                result = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
-                results.append(result)
-                print(f"  {model_name:20s} {precision:4s} {result['step_ms']:8.1f} ms/step", file=sys.stderr)
+    rows = []
+    for name in args.models:
+        times = paired_step_times(name, args.steps)
+        rss = {}
+        for precision in ("no", "bf16"):
+            out = subprocess.run([sys.executable, __file__, "--worker", name, precision,
+                                  "--rss-steps", str(args.rss_steps)], capture_output=True, text=True, check=True)
+            rss[precision] = json.loads(next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))[7:])
+        _, model, train = _setup(name)
+        row = {"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": train.batch_size,
+               "fp32_ms": 1000 * statistics.median(times["no"]), "bf16_ms": 1000 * statistics.median(times["bf16"]),
+               "speedup": statistics.median(a / b for a, b in zip(times["no"], times["bf16"])),
+               "fp32_rss_mb": rss["no"]["peak_rss_mb"], "bf16_rss_mb": rss["bf16"]["peak_rss_mb"], "times": times}
+        rows.append(row)
+        print(f"  {name}: fp32 {row['fp32_ms']:.1f} ms, bf16 {row['bf16_ms']:.1f} ms", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x {args.repeats} "
-          "repeats, median step time (ms), peak RSS (MiB)")
-    print(f"{'model':20s} {'params':>9s} {'batch':>5s} {'fp32 ms':>8s} {'bf16 ms':>8s} {'fp32/bf16':>9s} "
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} paired steps; "
+          "medians; speedup = median of per-pair fp32/bf16; peak RSS of an engine run in a fresh process")
+    print(f"{'model':20s} {'params':>9s} {'batch':>5s} {'fp32 ms':>8s} {'bf16 ms':>8s} {'speedup':>8s} "
           f"{'fp32 MiB':>8s} {'bf16 MiB':>8s}")
-    for model_name in args.models:
-        def med(precision, key):
-            return statistics.median(r[key] for r in results if r["model"] == model_name and r["precision"] == precision)
-        first = next(r for r in results if r["model"] == model_name)
-        fp32, bf16 = med("no", "step_ms"), med("bf16", "step_ms")
-        print(f"{model_name:20s} {first['params']:9d} {first['batch']:5d} {fp32:8.1f} {bf16:8.1f} "
-              f"{fp32 / bf16:8.2f}x {med('no', 'peak_rss_mb'):8.0f} {med('bf16', 'peak_rss_mb'):8.0f}")
+    for r in rows:
+        print(f"{r['model']:20s} {r['params']:9d} {r['batch']:5d} {r['fp32_ms']:8.1f} {r['bf16_ms']:8.1f} "
+              f"{r['speedup']:7.2f}x {r['fp32_rss_mb']:8.0f} {r['bf16_rss_mb']:8.0f}")
 
 
 if __name__ == "__main__":
