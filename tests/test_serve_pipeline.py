@@ -38,6 +38,9 @@ def image_pipeline():
 
 
 def test_generate_matches_the_pipeline_for_the_returned_seed(text_pipeline):
+    import torch
+
+    rng_before = torch.get_rng_state()
     with TestClient(create_app(text_pipeline, model_ref="tiny")) as client:
         info = client.get("/api/info").json()
         assert info["stages"] == ["decoder", "upsampler"] and "prior_steps" not in info["defaults"]
@@ -45,6 +48,7 @@ def test_generate_matches_the_pipeline_for_the_returned_seed(text_pipeline):
                                                       "decoder_steps": 3, "upsampler_steps": 2, "prior_steps": 9})
         assert response.status_code == 200, response.text
         job = response.json()
+    assert torch.equal(torch.get_rng_state(), rng_before)  # per-request generators only, never the global RNG
     result = job["result"]
     assert result["seeds"] == [5, 6] and job["progress"] == {"stage": "upsampler", "step": 2, "total": 2}
     assert "--prior-steps" not in result["command"]  # this model has no prior; the setting is not used
