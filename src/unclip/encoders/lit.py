@@ -124,16 +124,24 @@ class LitEncoder(Encoder):
 
     @torch.no_grad()
     def frozen_text_features(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Frozen MiniLM: pooled [B, W] (masked mean), states [B, L, W], mask [B, L] bool."""
-        batch = self.text_tokenizer(captions, padding="max_length", truncation=True,
+        """Frozen MiniLM: pooled [B, W] (masked mean), states [B, L, W], mask [B, L] bool.
+
+        The model runs on the batch padded to its longest caption (cheaper than ``max_len``;
+        padded keys are masked, so results do not depend on the batch) and the outputs are
+        then zero-padded to L = ``max_len``.
+        """
+        batch = self.text_tokenizer(captions, padding="longest", truncation=True,
                                     max_length=self.max_len, return_tensors="pt")
         model = self.text_model.eval()
         device = next(model.parameters()).device
-        mask = batch["attention_mask"].to(device).bool()                       # [B, L]
+        mask = batch["attention_mask"].to(device).bool()                       # [B, l], l <= L
         states = model(input_ids=batch["input_ids"].to(device), attention_mask=mask.long(),
                        token_type_ids=batch.get("token_type_ids", torch.zeros_like(mask)).to(device)
-                       ).last_hidden_state * mask[..., None]                    # [B, L, W]
+                       ).last_hidden_state * mask[..., None]                    # [B, l, W]
         pooled = states.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)       # [B, W]
+        pad = self.max_len - mask.shape[1]
+        states = F.pad(states, (0, 0, 0, pad))                                 # [B, L, W]
+        mask = F.pad(mask, (0, pad), value=False)                              # [B, L]
         return pooled, states, mask
 
     def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
