@@ -147,10 +147,6 @@ class _Run:
         self.acc = make_accelerator(self.cfg)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.main = self.acc.is_main_process
-        if self.main:
-            prepare_run_dir(self.out_dir, stage, resume=resume)
-            clean_partial(self.out_dir)
-        self.acc.wait_for_everyone()
         cfg, device = self.cfg, self.acc.device
         stage.setup(device)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (rank 0's are broadcast too)
@@ -163,6 +159,10 @@ class _Run:
         self.raw_optimizer = build_optimizer(self.model, cfg)
         self.optimizer = self.acc.prepare_optimizer(self.raw_optimizer, device_placement=False)
         self.dataset = stage.build_dataset("train")
+        if self.main:  # only now: a stage that cannot build its model or data leaves no run directory
+            prepare_run_dir(self.out_dir, stage, resume=resume)
+            clean_partial(self.out_dir)
+        self.acc.wait_for_everyone()
         seed = _rank_seed(cfg.seed, self.rank)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         _seed_process(seed + 1)
