@@ -118,3 +118,18 @@ def test_embed_cli_errors(tmp_path, capsys):
     assert main(["embed", "--encoder", str(tmp_path / "none"), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "encoder directory not found" in capsys.readouterr().err
     assert main(["embed", "--encoder", "x", "--data", "y", "--out", "z", "--split", "bogus"]) == 2
+
+
+def test_retrieval_module_cli(data_dir, tmp_path, capsys):
+    from unclip.eval.retrieval import main as retrieval_main
+
+    stage = tiny_stage(data_dir)
+    torch.manual_seed(0)
+    encoder_dir = stage.export(stage.build_model(), tmp_path / "final")
+    out = tmp_path / "metrics.json"
+    assert retrieval_main(["--encoder", str(encoder_dir), "--data", str(data_dir), "--split", "train",
+                           "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 10 and metrics["unique_captions"] == 4 and "zeroshot_position" in metrics
+    assert retrieval_main(["--encoder", str(tmp_path / "missing"), "--data", str(data_dir)]) == 2
+    assert "encoder directory not found" in capsys.readouterr().err
