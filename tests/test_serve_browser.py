@@ -76,6 +76,20 @@ def test_empty_prompt_shows_an_error_not_a_request(page):
     assert len(pipeline.calls) == calls
 
 
+def test_bad_seed_is_caught_in_the_page(page):
+    driver, pipeline = page
+    calls = len(pipeline.calls)
+    driver.find_element("id", "prompt").send_keys("a circle")
+    seed = driver.find_element("id", "seed")
+    seed.clear()
+    seed.send_keys("12abc")
+    driver.find_element("id", "generate").click()
+    _wait(driver, lambda d: "seed must be a whole number" in d.find_element("id", "error").text)
+    assert len(pipeline.calls) == calls
+    driver.find_element("id", "seed-random").click()
+    assert seed.get_attribute("value") == "random"
+
+
 def test_upload_for_variations(page, tmp_path):
     driver, pipeline = page
     driver.find_element("css selector", "[data-op=variations]").click()

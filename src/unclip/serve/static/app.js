@@ -82,7 +82,10 @@ $("seed-random").addEventListener("click", () => { $("seed").value = "random"; }
 function samplingFields() {
   const fields = {};
   const seed = $("seed").value.trim();
-  if (seed && seed !== "random") fields.seed = seed;
+  if (seed && seed !== "random") {
+    if (!/^\d+$/.test(seed)) throw new Error(`seed must be a whole number or "random", not "${seed}"`);
+    fields.seed = seed;
+  }
   for (const input of document.querySelectorAll("#stages input")) {
     if (input.value !== "") fields[input.id] = input.value;
   }
