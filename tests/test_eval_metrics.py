@@ -36,6 +36,14 @@ def test_fid_closed_form_for_shifted_scaled_gaussians():
     assert fid(x, y) == pytest.approx(6 + d, rel=0.03)
 
 
+def test_low_rank_fid_equals_the_covariance_route():
+    from unclip.eval.metrics import gaussian_stats
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(20, 64)), rng.normal(loc=0.3, size=(30, 64)) @ rng.normal(size=(64, 64)) / 8
+    assert fid(x, y) == pytest.approx(frechet_distance(*gaussian_stats(x), *gaussian_stats(y)), rel=1e-7)
+
+
 def test_fid_of_a_set_with_itself_is_zero():
     x = np.random.default_rng(2).normal(size=(300, 8))
     assert fid(x, x) == pytest.approx(0.0, abs=1e-6)

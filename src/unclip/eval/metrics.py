@@ -65,8 +65,23 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def fid(real_features, fake_features) -> float:
-    """FID between two ``[N, D]`` feature sets."""
-    return frechet_distance(*gaussian_stats(real_features), *gaussian_stats(fake_features))
+    """FID between two ``[N, D]`` feature sets.
+
+    With fewer samples than dimensions the D×D route is wasteful: writing
+    Σᵢ = BᵢᵀBᵢ with Bᵢ the centred features over √(nᵢ−1), the non-zero
+    eigenvalues of Σ₁Σ₂ are the squared singular values of B₁B₂ᵀ, so
+    Tr((Σ₁Σ₂)^½) = ‖B₁B₂ᵀ‖_* (nuclear norm) and Tr(Σᵢ) = ‖Bᵢ‖²_F — exact, and
+    only an n₁×n₂ SVD.
+    """
+    real, fake = _as_f64(real_features), _as_f64(fake_features)
+    if max(len(real), len(fake)) >= real.shape[1]:
+        return frechet_distance(*gaussian_stats(real), *gaussian_stats(fake))
+    b1 = (real - real.mean(0)) / np.sqrt(len(real) - 1)
+    b2 = (fake - fake.mean(0)) / np.sqrt(len(fake) - 1)
+    diff = real.mean(0) - fake.mean(0)
+    cross = np.linalg.svd(b1 @ b2.T, compute_uv=False).sum()
+    value = diff @ diff + (b1 * b1).sum() + (b2 * b2).sum() - 2 * cross
+    return float(max(value, 0.0))
 
 
 def kid(real_features, fake_features, *, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
