@@ -288,6 +288,8 @@ def test_full_queue_answers_429_at_once_and_cancel_works():
         refused = client.post("/api/generate", json={"prompt": "c"})
         assert refused.status_code == 429 and time.perf_counter() - start < 1.0
         assert "queue is full" in refused.json()["error"] and refused.headers["retry-after"] == "2"
+        upload = client.post("/api/variations", files={"image": ("x.png", b"not decoded at all", "image/png")})
+        assert upload.status_code == 429  # refused before the upload is decoded
         cancelled = client.delete(waiting.json()["status_url"]).json()
         assert cancelled["status"] == "cancelled"
         client.delete(running["status_url"])

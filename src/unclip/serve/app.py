@@ -70,11 +70,16 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
                   "equivalent `unclip` command. The ranges below are hard limits; each server sets tighter ones "
                   "(GET /api/info, `limits`).")
     app.state.queue, app.state.backend, app.state.config = queue, backend, config
-    decoding = asyncio.Semaphore(DECODERS)
     _install_error_handlers(app)
     _install_body_limit(app, config)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_info_routes(app, backend, config, queue)
+    _add_operation_routes(app, backend, config, queue)
+    _add_job_routes(app, queue)
+    return app
 
+
+def _add_info_routes(app: FastAPI, backend: Backend, config: ServeConfig, queue: JobQueue) -> None:
     @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
@@ -90,6 +95,11 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
     @app.get("/api/info", summary="The model, its stages and defaults, and the server's limits")
     def info():
         return {"version": __version__, **backend.info(), "limits": config.public(), "queue": queue.stats()}
+
+
+def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, queue: JobQueue) -> None:
+    """generate (unCLIP §2), variations (§3.1), interpolate (§3.2), text-diff (§3.3): each one job."""
+    decoding = asyncio.Semaphore(DECODERS)
 
     @app.post("/api/generate", summary="Text to images", responses=ERRORS, response_model=JobOut)
     async def generate(body: GenerateIn, wait: bool = Query(True, description=WAIT_HELP)):
@@ -108,6 +118,7 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
                          wait: bool = Query(True, description=WAIT_HELP)):
         _check_count(config.max_images, num_images, "num_images")
         sampling = _sampling(config, sampling_in)
+        _refuse_if_full(queue)
         picture = await _read_image(config, image, "image", decoding)
         name = _file_name(image, "image.png")
         job = _submit(queue, "variations",
@@ -121,6 +132,7 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
                           wait: bool = Query(True, description=WAIT_HELP)):
         _check_count(config.max_frames, num_frames, "num_frames")
         sampling = _sampling(config, sampling_in)
+        _refuse_if_full(queue)
         first = await _read_image(config, image_a, "image_a", decoding)
         second = await _read_image(config, image_b, "image_b", decoding)
         names = (_file_name(image_a, "a.png"), _file_name(image_b, "b.png"))
@@ -138,12 +150,15 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
         target = _check_text(config, to_caption, "to_caption")
         _check_count(config.max_frames, num_frames, "num_frames")
         sampling = _sampling(config, sampling_in)
+        _refuse_if_full(queue)
         picture = await _read_image(config, image, "image", decoding)
         name = _file_name(image, "image.png")
         job = _submit(queue, "text-diff", lambda report: backend.text_diff(picture, source, target, num_frames,
                                                                           sampling, report, image_name=name))
         return await _answer(queue, job, wait)
 
+
+def _add_job_routes(app: FastAPI, queue: JobQueue) -> None:
     @app.get("/api/jobs/{job_id}", summary="Status, progress and (when done) result of a job", response_model=JobOut,
              responses=ERRORS)
     def job_status(job_id: str):
@@ -171,8 +186,6 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
         if result.gif is None:
             raise ApiError(404, f"job {job_id} has no animation (only interpolate and text-diff jobs do)")
         return Response(result.gif, media_type="image/gif")
-
-    return app
 
 
 WAIT_HELP = "true: answer when the job is done; false: answer 202 at once with a job to poll"
@@ -255,6 +268,13 @@ async def _read_image(config: ServeConfig, upload: UploadFile, name: str, decodi
 
 
 # --- jobs ------------------------------------------------------------------
+def _refuse_if_full(queue: JobQueue) -> None:
+    """Answer 429 before spending time on decoding uploads (``_submit`` checks again, atomically)."""
+    if queue.is_full():
+        raise ApiError(429, f"the queue is full ({queue.max_queue} jobs waiting); retry in a few seconds",
+                       headers={"Retry-After": "2"})
+
+
 def _submit(queue: JobQueue, kind: str, run) -> Job:
     try:
         return queue.submit(kind, run)

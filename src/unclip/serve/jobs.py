@@ -139,6 +139,10 @@ class JobQueue:
             self._cond.notify_all()
             return job
 
+    def is_full(self) -> bool:
+        with self._cond:
+            return len(self._pending) >= self.max_queue
+
     def get(self, job_id: str) -> Job | None:
         with self._cond:
             return self._jobs.get(job_id)
