@@ -76,6 +76,10 @@ for (const preview of document.querySelectorAll("[data-preview-for]")) {
   });
 }
 
+$("prompt").addEventListener("keydown", (event) => {  // Ctrl/Cmd+Enter generates
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("form").requestSubmit();
+});
+
 $("seed-random").addEventListener("click", () => { $("seed").value = "random"; });
 
 // --- building a request -----------------------------------------------------
