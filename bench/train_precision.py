@@ -6,7 +6,7 @@ between fp32 and bf16 step by step, so both precisions see the same machine
 load (this CPU is shared); the table gives medians and the median of the
 per-pair ratios. Peak memory: each (model, precision) then trains for a few
 steps through ``unclip.train.engine.run_training`` in a fresh process, whose
-``ru_maxrss`` is that run's peak RSS.
+``VmHWM`` is that run's peak RSS.
 
     OMP_NUM_THREADS=2 python bench/train_precision.py --steps 10
 """
@@ -155,7 +155,18 @@ def engine_peak_rss(model_name: str, precision: str, steps: int) -> dict:
                                 checkpoint_every=steps)
     with tempfile.TemporaryDirectory() as tmp:
         run_training(BenchStage(BenchConfig(stage.config.model, train)), Path(tmp) / "run")
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
