@@ -1,0 +1,274 @@
+"""Turn a bench/run.py summary into the console table and docs/performance.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("prior", "decoder", "upsampler")
+TARGETS = {"end_to_end": 2.0, "decoder_train_vs_dalle2": 1.5, "decoder_train_bf16_util": 0.40}
+
+
+def hardware() -> dict:
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Hypervisor vendor"):
+                info[key.strip()] = value.strip()
+        info["cpu"] = info.get("Model name", info["cpu"])
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        info["unclip_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                               text=True, cwd=ROOT).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def merge(summaries: list[dict]) -> dict:
+    """One summary from several runs (e.g. the quick table plus a separate sample64 run).
+
+    Each row keeps the utilisation computed against its own run's peak; later runs win on clashes.
+    """
+    merged = dict(summaries[0])
+    for key in ("workloads", "systems"):
+        merged[key] = list(dict.fromkeys(v for s in summaries for v in s[key]))
+    for key in ("rows", "ratios"):
+        merged[key] = {k: v for s in summaries for k, v in s[key].items()}
+    merged["command"] = "\n".join(s["command"] for s in summaries)
+    merged["results_dir"] = "/, ".join(s["results_dir"] for s in summaries)
+    merged["stamp"] = ", ".join(s["stamp"] for s in summaries)
+    merged["peaks"] = [p for s in summaries for p in s["peaks"]]
+    merged["peak"] = {k: max(s["peak"][k] for s in summaries) for k in ("fp32", "bf16")}
+    merged["reps"] = "/".join(str(s["reps"]) for s in summaries)
+    return merged
+
+
+def _fmt_params(params: dict, notes: dict) -> str:
+    parts = []
+    for stage in STAGES:
+        if stage in params:
+            value = params[stage] / 1e6
+            twice = stage == "upsampler" and "upsampler_params" in notes
+            parts.append(f"{stage[0].upper()} {value / 2:.2f}M×2" if twice else f"{stage[0].upper()} {value:.2f}M")
+    return ", ".join(parts)
+
+
+def _row(summary: dict, workload: str, system: str) -> dict | None:
+    return summary["rows"].get(f"{workload}|{system}")
+
+
+def _ratio(summary: dict, workload: str, ours: str, peer: str) -> float | None:
+    value = summary["ratios"].get(f"{workload}|{ours}|{peer}")
+    return None if value is None else value["median"]
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def console(summary: dict) -> str:
+    lines = [f"{'workload':14s} {'system':12s} {'median s':>9s} {'GFLOP/s':>8s} {'RSS MiB':>8s}"]
+    for workload in summary["workloads"]:
+        for system in summary["systems"]:
+            row = _row(summary, workload, system)
+            if row is None or "error" in row:
+                lines.append(f"{workload:14s} {system:12s} {row['error'] if row else 'not run'}")
+                continue
+            lines.append(f"{workload:14s} {system:12s} {row['seconds']:9.2f} {row['gflops_per_s']:8.1f} "
+                         f"{row['max_rss_mib']:8.0f}")
+    for key, value in summary["ratios"].items():
+        workload, ours, peer = key.split("|")
+        lines.append(f"{workload}: {ours} vs {peer}: {value['median']:.2f}x faster (per rep: "
+                     + ", ".join(f"{v:.2f}" for v in value["all"]) + ")")
+    return "\n".join(lines)
+
+
+def _targets(summary: dict) -> list[str]:
+    lines = ["| target | measured (median ratio or utilisation) | met |", "|---|---|---|"]
+
+    def verdict(value, goal):
+        return "–" if value is None else ("yes" if value >= goal else "**no**")
+
+    for workload in ("sample32", "sample64"):
+        for ours in ("unclip", "unclip-bf16"):
+            for peer in ("diffusers", "dalle2"):
+                value = _ratio(summary, workload, ours, peer)
+                if value is not None:
+                    lines.append(f"| end-to-end {workload}: {ours} ≥ 2× faster than {peer} | {value:.2f}× | "
+                                 f"{verdict(value, TARGETS['end_to_end'])} |")
+    for ours in ("unclip", "unclip-bf16"):
+        value = _ratio(summary, "decoder_train", ours, "dalle2")
+        if value is not None:
+            lines.append(f"| decoder training step: {ours} ≥ 1.5× faster than dalle2 | {value:.2f}× | "
+                         f"{verdict(value, TARGETS['decoder_train_vs_dalle2'])} |")
+    for ours in ("unclip-bf16", "unclip"):
+        row = _row(summary, "decoder_train", ours)
+        if row and "error" not in row:
+            lines.append(f"| decoder training: {ours} ≥ 40% of the bf16 matmul peak | {100 * row['util_bf16']:.1f}% "
+                         f"(fp32 peak: {100 * row['util_fp32']:.1f}%) | "
+                         f"{verdict(row['util_bf16'], TARGETS['decoder_train_bf16_util'])} |")
+    if len(lines) == 2:
+        lines.append("| (no targeted workload in this run) | | |")
+    return lines
+
+
+def _results_table(summary: dict) -> list[str]:
+    lines = ["| workload | system | parameters | median s | all runs (s) | GFLOP per run | GFLOP/s | "
+             "% fp32 peak | % bf16 peak | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for workload in summary["workloads"]:
+        for system in summary["systems"]:
+            row = _row(summary, workload, system)
+            if row is None or "error" in row:
+                lines.append(f"| {workload} | {system} | | {row['error'] if row else 'not run'} | | | | | | |")
+                continue
+            runs = ", ".join(f"{s:.1f}" for s in row["all"])
+            lines.append(f"| {workload} | {system} | {_fmt_params(row['params'], row['notes'])} | {row['seconds']:.2f} | "
+                         f"{runs} | {row['flops'] / 1e9:.1f} | {row['gflops_per_s']:.1f} | {100 * row['util_fp32']:.1f} | "
+                         f"{100 * row['util_bf16']:.1f} | {row['max_rss_mib']:.0f} |")
+    return lines
+
+
+def _ratio_table(summary: dict) -> list[str]:
+    peers = [p for p in ("diffusers", "dalle2") if p in summary["systems"]]
+    lines = ["| workload | ours | " + " | ".join(f"speed-up vs {p} (per rep)" for p in peers) + " |",
+             "|---|---|" + "---|" * len(peers)]
+    for workload in summary["workloads"]:
+        for ours in (s for s in summary["systems"] if s.startswith("unclip")):
+            cells = []
+            for peer in peers:
+                value = summary["ratios"].get(f"{workload}|{ours}|{peer}")
+                cells.append("–" if value is None else
+                             f"**{value['median']:.2f}×** ({', '.join(f'{v:.2f}' for v in value['all'])})")
+            lines.append(f"| {workload} | {ours} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _flops_table(summary: dict) -> list[str]:
+    lines = ["| workload | system | prior GFLOP/step | decoder GFLOP/step | upsampler GFLOP/step |", "|---|---|---|---|---|"]
+    for workload in summary["workloads"]:
+        for system in summary["systems"]:
+            row = _row(summary, workload, system)
+            if row is None or "error" in row:
+                continue
+            per = row["flops_per_step"]
+            cells = [f"{per[s] / 1e9:.2f}" if s in per else "" for s in STAGES]
+            lines.append(f"| {workload} | {system} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _spec_lines(summary: dict) -> list[str]:
+    lines = []
+    for workload in summary["workloads"]:
+        row = next((r for s in summary["systems"] if (r := _row(summary, workload, s)) and "spec" in r), None)
+        if row is None:
+            continue
+        spec = row["spec"]
+        if workload.startswith("sample"):
+            lines.append(f"- `{workload}`: {spec['images']} images, {spec['image_size']}→{spec['sr_size']} px, "
+                         f"{spec['prior_steps']} prior / {spec['decoder_steps']} decoder / {spec['sr_steps']} upsampler "
+                         f"steps, guidance {spec['prior_guidance']} (prior) and {spec['decoder_guidance']} (decoder), "
+                         f"none on the upsampler; decoder size `{spec['decoder']}`.")
+        elif workload == "prior_train":
+            lines.append(f"- `prior_train`: one AdamW step of the prior at batch {spec['batch']} "
+                         f"(median of {spec.get('inner_reps', 1)} timed steps after a warm-up).")
+        else:
+            lines.append(f"- `decoder_train`: one AdamW step of the `{spec['decoder']}` decoder at {spec['image_size']} px, "
+                         f"batch {spec['batch']} (median of {spec.get('inner_reps', 1)} timed steps after a warm-up).")
+    return lines
+
+
+def markdown(summary: dict, analysis: Path | None = None) -> str:
+    hw, pv, peak = summary["hardware"], summary["peers_versions"], summary["peak"]
+    ours_versions = next((r["versions"] for k, r in summary["rows"].items() if k.split("|")[1].startswith("unclip")
+                          and "versions" in r), {})
+    out = [
+        "# Performance",
+        "",
+        "unclip against the two implementations users would pick instead — diffusers' `UnCLIPPipeline` and",
+        "DALLE2-pytorch — on the same work, measured in one run (issue 9). This page is written by",
+        "`python bench/run.py`; edit `bench/analysis.md` for the closing notes, not this file.",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        "bash bench/setup_peers.sh      # once: bench/.venv-peers with diffusers and dalle2-pytorch 1.15.6",
+        summary["command"],
+        "```",
+        "",
+        f"Raw results (per-run JSON and logs): `{summary['results_dir']}/` (git-ignored).",
+        "",
+        "## Machine and versions",
+        "",
+        f"- CPU: {hw.get('cpu')} ({hw.get('CPU(s)', hw.get('cores'))} CPUs, {hw.get('Thread(s) per core', '?')} "
+        f"thread(s) per core{', ' + hw['Hypervisor vendor'] + ' VM' if 'Hypervisor vendor' in hw else ''}), "
+        f"{hw.get('memory_gib', '?')} GiB memory; {summary['threads']} torch threads per run.",
+        f"- Measured matmul peak ({summary.get('peak_size', 2048)}² matrices, best of 10, max of before/after the "
+        f"runs, on the same loaded machine): fp32 **{peak['fp32'] / 1e9:.1f} GFLOP/s**, bf16 "
+        f"**{peak['bf16'] / 1e9:.1f} GFLOP/s** (each measurement: "
+        + "; ".join(f"{p['fp32'] / 1e9:.0f} / {p['bf16'] / 1e9:.0f}" for p in summary.get("peaks", [])) + ").",
+        f"- unclip {ours_versions.get('unclip', '?')} (commit {hw.get('unclip_commit', '?')}), torch "
+        f"{ours_versions.get('torch', '?')}, Python {hw.get('python')}.",
+        f"- Peers (bench/.venv-peers): diffusers {pv.get('diffusers', '?')}, transformers {pv.get('transformers', '?')}, "
+        f"dalle2-pytorch {pv.get('dalle2-pytorch', '?')}, torch {pv.get('torch', '?')}.",
+        f"- Run: {summary['reps']} alternating repetitions{' (--quick)' if summary['quick'] else ''}, "
+        f"started {summary['stamp']} UTC.",
+        "",
+        "## Workloads",
+        "",
+        *_spec_lines(summary),
+        "",
+        "## Speed-up of unclip (median of the per-repetition ratios; > 1 means unclip is faster)",
+        "",
+        *_ratio_table(summary),
+        "",
+        "## Targets",
+        "",
+        *_targets(summary),
+        "",
+        "## All results",
+        "",
+        "Parameters: P = prior, D = decoder (diffusers: UNet + text projection), U = upsampler (diffusers has two",
+        "super-resolution UNets, *first* and *last*, each matched to the others' one). GFLOP are counted by",
+        "`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention; not norms or",
+        "element-wise ops), so utilisation is a lower bound.",
+        "",
+        *_results_table(summary),
+        "",
+        "### FLOPs per step (forward passes, classifier-free guidance included)",
+        "",
+        *_flops_table(summary),
+        "",
+        "## Method",
+        "",
+        "- Every workload of every system runs in a fresh subprocess (`resource.getrusage` max RSS is per",
+        "  workload). Models are randomly initialised; text conditioning is precomputed (random CLIP",
+        "  embeddings and 77 token states of width 256), so no text encoder is timed except diffusers' tiny",
+        "  one, which its pipeline runs once for the empty unconditional prompt.",
+        "- The machine is shared and was noisy during the run (other engineers' tests and trainings on the same",
+        "  2 cores). Absolute seconds are therefore pessimistic and vary between runs; the systems run",
+        "  alternately (A/B/C, then C/B/A, ...), and the ratios are medians of per-repetition ratios, which is",
+        "  what makes them comparable. The same holds for the matmul peak, measured before and after.",
+        "- Sampling: a 2-step pass of every stage under the FLOP counter doubles as the warm-up; then one",
+        "  timed end-to-end call. Training: a counted step, a warm-up step, then the median of timed steps.",
+        "- Matched work: same resolutions, steps and guidance scales; one prior sample per caption (unclip's",
+        "  pipeline defaults to best-of-2, disabled here); guidance on the prior and decoder, not the upsampler.",
+        "  Samplers differ as each library ships them: unclip DDIM (batched CFG), diffusers `UnCLIPScheduler`",
+        "  (batched CFG), DALLE2-pytorch its DDIM loops (CFG as two forwards).",
+        "- DALLE2-pytorch is installed without torchvision; `bench/peers/tv_stub.py` stands in for the",
+        "  torchvision names it imports (see bench/README.md). Nothing it stubs is called in these workloads.",
+        "",
+    ]
+    if analysis is not None and Path(analysis).is_file():
+        out += ["## Analysis", "", Path(analysis).read_text().strip(), ""]
+    return "\n".join(out)
