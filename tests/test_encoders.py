@@ -152,3 +152,26 @@ def test_lit_with_locked_efficientnet_tower(tmp_path):
     encoder.save(tmp_path / "enc")
     assert (tmp_path / "enc" / "model.safetensors").stat().st_size < 2_000_000
     assert torch.allclose(load_encoder(tmp_path / "enc").encode_image(batch), image, atol=1e-6)
+
+
+def test_open_clip_is_optional(tmp_path):
+    try:
+        import open_clip  # noqa: F401
+    except ImportError:
+        with pytest.raises(UnclipError, match="open_clip is not installed"):
+            load_encoder("open_clip:ViT-B-32:/nonexistent.pt")
+    else:
+        with pytest.raises(UnclipError, match="LOCAL_CHECKPOINT_FILE"):
+            load_encoder(f"open_clip:ViT-B-32:{tmp_path / 'missing.pt'}")
+
+
+def test_unknown_directories_are_clear_errors(tmp_path):
+    with pytest.raises(UnclipError, match="not found"):
+        load_encoder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UnclipError, match="not an encoder directory"):
+        load_encoder(tmp_path / "empty")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "encoder.json").write_text('{"backend": "nope"}')
+    with pytest.raises(UnclipError, match="unknown backend"):
+        load_encoder(tmp_path / "odd")
