@@ -127,3 +127,14 @@ def test_vq_stage_loss_decreases_on_a_tiny_batch():
         losses.append(loss.item())
     assert {"recon", "vq", "perceptual", "psnr", "perplexity"} <= set(logs)
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_normalized_codebook_lives_on_the_unit_sphere():
+    torch.manual_seed(0)
+    cfg = VQConfig(image_size=16, base_channels=8, embed_dim=8, codebook_size=16, normalize=True)
+    model = VQModel(cfg).train()
+    out = model(_shapes(16))
+    assert out["recon"].shape == (4, 3, 16, 16)
+    torch.testing.assert_close(model.codebook.embed.norm(dim=1), torch.ones(16))
+    model.eval()
+    torch.testing.assert_close(model.encode(_shapes(16)), out["codes"])

@@ -10,7 +10,9 @@ quantiser by the straight-through estimator z + sg(z_q - z). The loss
 learned either by the codebook term ‖z_q - sg(z)‖² or by exponential moving
 averages (VQ-VAE Appendix A.1), optionally k-means-initialised on the first batch,
 and codes unused for a while are restarted at random encoder outputs
-(Dhariwal et al. 2020, Jukebox, Sec. 3.2).
+(Dhariwal et al. 2020, Jukebox, Sec. 3.2). ``normalize`` looks codes up by cosine
+similarity on l2-normalised vectors (Yu et al. 2021, ViT-VQGAN, arXiv 2110.04627,
+Sec. 3.2), which keeps rare content (small coloured shapes) from sharing codes.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class VQConfig:
     kmeans_init: bool = True                     # k-means on the first training batch
     kmeans_iters: int = 10
     dead_code_threshold: float = 0.03            # EMA usage (vectors per step) below which a code restarts
+    normalize: bool = False                      # l2-normalised codes and encoder outputs (ViT-VQGAN)
 
     def __post_init__(self):
         if len(self.channel_mult) < 1 or self.base_channels < 1:
@@ -137,19 +140,28 @@ class Codebook(nn.Module):
         self.register_buffer("embed_sum", init.clone())            # EMA sum of vectors per code
         self.register_buffer("initialised", torch.tensor(not cfg.kmeans_init))
 
+    def prepare(self, flat: torch.Tensor) -> torch.Tensor:
+        """Encoder vectors [M,D] in the space codes live in (unit sphere when ``normalize``)."""
+        return F.normalize(flat, dim=1) if self.cfg.normalize else flat
+
+    def codes(self) -> torch.Tensor:
+        """The code vectors [K,D] as the decoder sees them."""
+        return self.prepare(self.embed)
+
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """flat [M,D] → code indices [M]."""
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed.t() + self.embed.pow(2).sum(1)[None]
+        """flat [M,D] (already ``prepare``d) → code indices [M]."""
+        embed = self.codes()
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.t() + embed.pow(2).sum(1)[None]
         return dist.argmin(dim=1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z [B,D,h,w] → (z_q straight-through [B,D,h,w], codes [B,h,w], vq loss scalar)."""
         B, D, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, D)                         # [M,D], M = B·h·w
+        flat = self.prepare(z.permute(0, 2, 3, 1).reshape(-1, D))           # [M,D], M = B·h·w
         if self.training and not bool(self.initialised):
             self._kmeans_init(flat.detach())
         codes = self.nearest(flat.detach())
-        quant = F.embedding(codes, self.embed)                              # [M,D]
+        quant = F.embedding(codes, self.codes())                            # [M,D]
         if self.training and self.cfg.codebook_update == "ema":
             self._ema_update(flat.detach(), codes)
         commit = F.mse_loss(flat, quant.detach())
@@ -170,6 +182,7 @@ class Codebook(nn.Module):
             sums = torch.zeros_like(centers).index_add_(0, assign, flat)
             empty = counts == 0
             centers = torch.where(empty[:, None], centers, sums / counts.clamp_min(1)[:, None])
+            centers = self.prepare(centers)
         self.embed.data.copy_(centers)
         self.embed_sum.copy_(centers)
         self.cluster_size.fill_(1.0)
@@ -185,7 +198,7 @@ class Codebook(nn.Module):
         # Laplace smoothing keeps rarely used codes finite (VQ-VAE Appendix A.1)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + 1e-5) / (n + K * 1e-5) * n
-        self.embed.copy_(self.embed_sum / smoothed[:, None])
+        self.embed.copy_(self.prepare(self.embed_sum / smoothed[:, None]))
         dead = self.cluster_size < self.cfg.dead_code_threshold
         if dead.any():                                                      # restart at random encoder outputs
             fresh = _random_rows(flat, int(dead.sum()))
@@ -240,7 +253,7 @@ class VQModel(nn.Module):
         """images [B,3,H,W] in [-1,1] → codes [B,h,w] long."""
         z = self.encoder(images)
         B, D, h, w = z.shape
-        return self.codebook.nearest(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h, w)
+        return self.codebook.nearest(self.codebook.prepare(z.permute(0, 2, 3, 1).reshape(-1, D))).view(B, h, w)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -248,7 +261,7 @@ class VQModel(nn.Module):
         if codes.dim() == 2:
             h, w = self.config.grid_size
             codes = codes.view(-1, h, w)
-        z_q = F.embedding(codes, self.codebook.embed).permute(0, 3, 1, 2)  # [B,D,h,w]
+        z_q = F.embedding(codes, self.codebook.codes()).permute(0, 3, 1, 2)  # [B,D,h,w]
         return self.decoder(z_q).clamp(-1, 1)
 
 
