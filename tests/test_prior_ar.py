@@ -79,10 +79,11 @@ def test_ar_stage_trains_and_exports(tmp_path):
     config = load_config(stage_cls.config_class, "configs/prior/tiny.yaml",
                          [f"data.path={emb}", "data.val_split=test", "kind=autoregressive", "ar.pca_dims=6",
                           "ar.num_buckets=16", "ar.width=32", "ar.layers=1", "ar.heads=2", "train.steps=40",
-                          "train.batch_size=32", "train.checkpoint_every=1000", "sample.eval_items=16"])
+                          "train.batch_size=32", "train.checkpoint_every=1000", "sample.eval_items=16",
+                          "data.max_text_len=3"])
     final = run_training(stage_cls(config), tmp_path / "run")
     prior = load_model(final / "prior" / "model.safetensors")
-    assert isinstance(prior, ARPrior) and prior.config.pca_dims == 6
+    assert isinstance(prior, ARPrior) and prior.config.pca_dims == 6 and prior.config.max_text_len == 3
     assert json.loads((final / "prior" / "component.json").read_text())["kind"] == "autoregressive"
     table = json.loads(sorted((tmp_path / "run" / "eval").glob("step_*/prior_eval.json"))[-1].read_text())
     assert table["items"] == 16 and 0 < table["prior"]["mean_rank"] <= 16

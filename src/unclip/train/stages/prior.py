@@ -44,6 +44,7 @@ class PriorData:
     encoder: str = ""                 # encoder dir holding embed_stats.safetensors ("" = the one in embed.json)
     train_split: str = "train"
     val_split: str = "val"
+    max_text_len: int = 0             # caption tokens the prior attends to: 0 = the encoder's max_len (longer are cut)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class PriorStage(Stage):
         if self.config.kind == "autoregressive":
             return self._build_ar(rows)
         config = replace_dims(self.config.model, embed_dim=int(info["embed_dim"]), token_dim=int(info["token_dim"]),
-                              max_text_len=int(info["max_len"]), unit_norm=bool(info.get("normalized", True)))
+                              max_text_len=self._text_len(info), unit_norm=bool(info.get("normalized", True)))
         model = DiffusionPrior(config)
         stats = find_embed_stats(self.config.data.path, self.config.data.encoder, info)
         if stats is None:
@@ -130,11 +131,15 @@ class PriorStage(Stage):
         model.set_embed_stats(stats)
         return model
 
+    def _text_len(self, info: dict) -> int:
+        limit = self.config.data.max_text_len
+        return min(int(info["max_len"]), limit) if limit > 0 else int(info["max_len"])
+
     def _build_ar(self, rows: EmbeddingRows) -> ARPrior:
         info = rows.info
         embed_dim = int(info["embed_dim"])
         config = dataclasses.replace(self.config.ar, embed_dim=embed_dim, token_dim=int(info["token_dim"]),
-                                     max_text_len=int(info["max_len"]), unit_norm=bool(info.get("normalized", True)),
+                                     max_text_len=self._text_len(info), unit_norm=bool(info.get("normalized", True)),
                                      pca_dims=min(self.config.ar.pca_dims, embed_dim))
         model = ARPrior(config)
         model.fit_codebook(rows.tensors["image_embed"], rows.tensors["text_embed"])
