@@ -252,14 +252,14 @@ class _Run:
             self.ema.update(self.model, self.state.step)
         keys = sorted(logs)
         bad = sum(m.bad for m in micro)
-        stats = torch.tensor([float(loss_sum), *[logs[k] for k in keys], bad, total, 0.0],
-                             dtype=torch.float64, device=acc.device)
+        stats = torch.tensor([float(loss_sum), *[logs[k] for k in keys], bad, total],
+                             dtype=torch.float64, device=acc.device)  # one all-reduce for all of it
         if _distributed(acc):
             dist.all_reduce(stats)
         values = stats.tolist()
         out = {"loss": values[0] / self.world, "lr": lr, "grad_norm": float(grad_norm),
-               "bad": values[-3], "samples": values[-2], "error": next((m.error for m in micro if m.error), "")}
-        out.update({k: v / self.world for k, v in zip(keys, values[1:-3])})
+               "bad": values[-2], "samples": values[-1], "error": next((m.error for m in micro if m.error), "")}
+        out.update({k: v / self.world for k, v in zip(keys, values[1:-2])})
         return out
 
     def stop_requested(self, signals: _StopSignal) -> bool:
@@ -291,9 +291,12 @@ class _Run:
         if self.main:
             final.mkdir(parents=True, exist_ok=True)
             self.eval_model.eval()
-            path = self.stage.export(self.eval_model, final)
-            write_run_info(self.out_dir, self.stage, "finished", step=self.state.step,
-                           final=str(Path(path).relative_to(self.out_dir) if path else final))
+            path = Path(self.stage.export(self.eval_model, final) or final)
+            try:
+                path = path.resolve().relative_to(self.out_dir.resolve())
+            except ValueError:  # exported outside the run directory
+                pass
+            write_run_info(self.out_dir, self.stage, "finished", step=self.state.step, final=str(path))
         self.acc.wait_for_everyone()
         return final
 
