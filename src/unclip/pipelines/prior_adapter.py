@@ -1,46 +1,43 @@
 """The pipeline's view of the unCLIP prior P(z_i | y) (Ramesh et al. 2022, §2.1).
 
-``PriorComponent`` wraps the prior network of ``unclip.models.prior`` with what the pipeline needs:
-starting noise per image, ``sample(text, negative, ...)`` → CLIP image embeddings [B, D] (with
-classifier-free guidance whose unconditional branch is the negative prompt when given), and
-``save(dir)``. The network, its diffusion settings and the sampling algorithm live in
-``unclip.models.prior`` (issue 5); this module only adapts the call.
+``PriorComponent`` wraps a prior of ``unclip.models.prior`` (the diffusion prior) or
+``unclip.models.ar_prior`` (the autoregressive prior) with what the pipeline needs: starting noise per
+image, ``sample(text, negative, ...)`` → CLIP image embeddings [B, D] (best of ``num_candidates`` by
+z_i · z_t, with classifier-free guidance whose unconditional branch is the negative prompt when given),
+and ``save(dir)``. The networks and their sampling algorithms live in those modules (issue 5); this
+module only adapts the call and keeps ``component.json`` beside the weights.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from unclip.errors import CheckpointError, UnclipError
+from unclip.errors import CheckpointError
 
 __all__ = ["PriorComponent", "load_prior_component"]
 
 
-def _prior_module():
-    try:
-        import unclip.models.prior as prior_module
-    except ModuleNotFoundError as exc:
-        if exc.name == "unclip.models.prior":
-            raise UnclipError("this build has no unCLIP prior (unclip.models.prior is missing)") from None
-        raise
-    return prior_module
-
-
 class PriorComponent:
-    """A loaded prior: ``model`` (nn.Module with ``.config``) and its embedding dimension."""
+    """A loaded prior ``model`` (nn.Module with ``.config``) and its ``component.json`` ``info``."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, info: dict[str, Any] | None = None):
         self.model = model.eval()
+        self.info = dict(info or {"role": "prior"})
 
     @property
     def embed_dim(self) -> int:
         return int(self.model.config.embed_dim)
 
+    @property
+    def num_candidates(self) -> int:
+        return int(self.info.get("sample", {}).get("num_candidates", 2))
+
     def noise(self, batch: int, *, generator: torch.Generator | None, device) -> torch.Tensor:
-        """Starting noise x_T [batch, D] for ``sample``."""
+        """Starting noise [batch, D] for ``sample`` (further candidates are derived from it)."""
         return torch.randn(batch, self.embed_dim, generator=generator, device=device)
 
     @torch.no_grad()
@@ -48,22 +45,37 @@ class PriorComponent:
                eta: float = 0.0, generator: torch.Generator | None = None,
                callback: Callable | None = None) -> torch.Tensor:
         """CLIP image embeddings [B, D] for ``text`` (a TextEncoding of B captions)."""
-        module = _prior_module()
-        return module.sample_prior(self.model, text, negative_text=negative, noise=noise, steps=steps,
-                                   sampler=sampler, guidance_scale=guidance_scale, eta=eta, generator=generator,
-                                   callback=callback)
+        from unclip.models.ar_prior import ARPrior, sample_ar_prior
+        from unclip.models.prior import sample_prior
+
+        if isinstance(self.model, ARPrior):  # steps / sampler / eta do not apply
+            return sample_ar_prior(self.model, text, negative_text=negative, noise=noise,
+                                   num_candidates=self.num_candidates, guidance_scale=guidance_scale,
+                                   generator=generator, callback=callback)
+        return sample_prior(self.model, text, negative_text=negative, noise=noise, num_candidates=self.num_candidates,
+                            steps=steps, sampler=sampler, guidance_scale=guidance_scale, eta=eta,
+                            generator=generator, callback=callback)
 
     def save(self, directory: Path) -> None:
-        from unclip.checkpoint import save_model
+        from unclip.checkpoint import atomic_write_text, save_model
 
-        save_model(self.model, Path(directory) / "model.safetensors")
+        directory = Path(directory)
+        save_model(self.model, directory / "model.safetensors",
+                   extra_metadata={"component": json.dumps(self.info, sort_keys=True)})
+        atomic_write_text(directory / "component.json", json.dumps(self.info, indent=2, sort_keys=True) + "\n")
 
 
 def load_prior_component(directory: str | Path, device) -> PriorComponent:
     from unclip.checkpoint import load_model
 
-    path = Path(directory) / "model.safetensors"
+    directory = Path(directory)
+    path = directory / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"prior not found: {path}")
-    _prior_module()
-    return PriorComponent(load_model(path, device=device))
+    info = None
+    if (directory / "component.json").is_file():
+        try:
+            info = json.loads((directory / "component.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            raise CheckpointError(f"{directory / 'component.json'} is unreadable; re-export the prior") from None
+    return PriorComponent(load_model(path, device=device), info)

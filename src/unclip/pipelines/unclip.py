@@ -389,11 +389,17 @@ def assemble_unclip(out_dir, *, encoder, decoder, prior=None, upsampler=None, de
     if (encoder_dir / "final" / "encoder").is_dir():
         encoder_dir = encoder_dir / "final" / "encoder"
     device = "cpu"
-    pipe = UnCLIPPipeline(
-        load_encoder(encoder_dir, device=device), Component.load(_component_dir(decoder, "decoder"), device),
-        prior=load_prior_component(_component_dir(prior, "prior"), device) if prior else None,
-        upsampler=Component.load(_component_dir(upsampler, "upsampler"), device) if upsampler else None,
-        defaults=defaults, name=name or Path(out_dir).name)
+    parts = {"decoder": Component.load(_component_dir(decoder, "decoder"), device),
+             "prior": load_prior_component(_component_dir(prior, "prior"), device) if prior else None,
+             "upsampler": Component.load(_component_dir(upsampler, "upsampler"), device) if upsampler else None}
+    merged = {}  # sampling defaults: each stage's own training-time settings, then the caller's
+    for stage, part in parts.items():
+        sample = part.info.get("sample", {}) if part is not None else {}
+        keys = ("steps", "sampler") + (("guidance_scale",) if stage != "upsampler" else ())
+        merged[stage] = {k: sample[k] for k in keys if k in sample}
+        merged[stage].update((defaults or {}).get(stage, {}))
+    pipe = UnCLIPPipeline(load_encoder(encoder_dir, device=device), parts["decoder"], prior=parts["prior"],
+                          upsampler=parts["upsampler"], defaults=merged, name=name or Path(out_dir).name)
     pipe.save(out_dir, overwrite=True)
     # Keep the encoder directory's extra files (e.g. embed_stats.safetensors) alongside the re-saved encoder.
     for extra in encoder_dir.iterdir():
