@@ -10,6 +10,8 @@ For each held-out (caption, image) pair the prior samples an image embedding fro
 Baselines in the same table: ``text_embedding`` (the caption's CLIP text embedding used directly
 as the image embedding: the paper's "caption embedding" ablation, §5.1 / Fig. 6) and
 ``mean_image_embedding`` (the training set's mean image embedding, the same for every caption).
+``caption_oracle`` is a ceiling, not a method: the mean held-out image embedding of the images that
+share the caption (several images often share one caption, which also caps top-1 retrieval).
 
     python -m unclip.eval.prior_eval --prior runs/prior-shapes --embeddings data/emb/shapes32 --split test
 """
@@ -80,7 +82,7 @@ def evaluate_prior(
     sampled = torch.cat(samples)
     true_image = pick["image_embed"]
     mean_image = prior.image_mean.float()[None].expand_as(true_image)
-    return {
+    result = {
         "items": n,
         "prior": embedding_metrics(sampled, true_image),
         "text_embedding": embedding_metrics(pick["text_embed"], true_image),
@@ -89,6 +91,27 @@ def evaluate_prior(
         "settings": {"sampler": sampler, "steps": steps, "guidance_scale": guidance_scale,
                      "num_candidates": num_candidates, "device": str(device)},
     }
+    captions = getattr(rows, "captions", None)
+    if captions:
+        chosen = [captions[i] for i in index.tolist()]
+        result["caption_oracle"] = embedding_metrics(_caption_means(true_image, chosen), true_image)
+    return result
+
+
+def _caption_means(image_embed: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Each row replaced by the mean (normalised) image embedding of the rows sharing its caption.
+
+    A ceiling, not a method: it peeks at the held-out images. No caption-conditioned predictor
+    can beat it on cosine, since it is E[z_i | caption] on this set.
+    """
+    normed = F.normalize(image_embed.float(), dim=-1)
+    groups: dict[str, list[int]] = {}
+    for i, caption in enumerate(captions):
+        groups.setdefault(caption, []).append(i)
+    out = torch.empty_like(normed)
+    for members in groups.values():
+        out[members] = normed[members].mean(0)
+    return out
 
 
 def resolve_prior_path(path: str | Path) -> Path:
@@ -108,8 +131,11 @@ def format_table(result: dict[str, Any]) -> str:
              f"per embedding ({result['settings']})", "",
              "| method | cosine to true image embed | mean rank | median rank | top-1 | top-5 |",
              "|---|---|---|---|---|---|"]
-    for key, label in (("prior", "diffusion prior"), ("text_embedding", "text embedding as image embedding"),
-                       ("mean_image_embedding", "mean image embedding")):
+    for key, label in (("prior", "prior"), ("text_embedding", "text embedding as image embedding"),
+                       ("mean_image_embedding", "mean image embedding"),
+                       ("caption_oracle", "ceiling: mean test image embed of the same caption")):
+        if key not in result:
+            continue
         m = result[key]
         lines.append(f"| {label} | {m['cosine']:.3f} | {m['mean_rank']:.1f} | {m['median_rank']:.0f} | "
                      f"{m['top1']:.3f} | {m['top5']:.3f} |")
