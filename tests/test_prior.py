@@ -178,3 +178,16 @@ def test_embedding_metrics_ranks():
     assert perfect["cosine"] == pytest.approx(1.0) and perfect["mean_rank"] == 1.0 and perfect["top1"] == 1.0
     shifted = embedding_metrics(true.roll(1, dims=0), true)
     assert shifted["cosine"] == pytest.approx(0.0) and shifted["top1"] == 0.0 and shifted["mean_rank"] == 2.0
+    subset = embedding_metrics(true[[2]], true, torch.tensor([2]))               # one query against all 4
+    assert subset["cosine"] == pytest.approx(1.0) and subset["mean_rank"] == 1.0
+
+
+def test_same_caption_reference_rows():
+    from unclip.eval.prior_eval import _caption_means, _other_image_of_caption
+
+    embeds = torch.eye(4)
+    others, rows = _other_image_of_caption(embeds, ["a", "b", "a", "c"])
+    assert rows.tolist() == [0, 2] and torch.equal(others, embeds[[2, 0]])
+    means = _caption_means(embeds, ["a", "b", "a", "c"])
+    torch.testing.assert_close(means[0], means[2])
+    torch.testing.assert_close(means[1], embeds[1])

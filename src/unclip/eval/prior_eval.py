@@ -12,6 +12,8 @@ as the image embedding: the paper's "caption embedding" ablation, §5.1 / Fig. 6
 ``mean_image_embedding`` (the training set's mean image embedding, the same for every caption).
 ``caption_oracle`` is a ceiling, not a method: the mean held-out image embedding of the images that
 share the caption (several images often share one caption, which also caps top-1 retrieval).
+``same_caption_image`` is the level of an ideal sampler: another held-out image with the same caption
+(scored on the rows whose caption has one).
 
     python -m unclip.eval.prior_eval --prior runs/prior-shapes --embeddings data/emb/shapes32 --split test
 """
@@ -33,11 +35,15 @@ from unclip.errors import UnclipError
 __all__ = ["embedding_metrics", "evaluate_prior", "resolve_prior_path", "format_table", "main"]
 
 
-def embedding_metrics(pred: torch.Tensor, true_image: torch.Tensor) -> dict[str, float]:
-    """Cosine and retrieval metrics of predicted embeddings pred [N, D] against true_image [N, D] (row i ↔ i)."""
-    pred, true_image = F.normalize(pred.float(), dim=-1), F.normalize(true_image.float(), dim=-1)
+def embedding_metrics(pred: torch.Tensor, true_image: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, float]:
+    """Cosine and retrieval metrics of predicted embeddings pred [N, D] against true_image [N, D] (row i ↔ i).
+
+    ``rows`` (LongTensor [M]) scores only those queries (pred [M, D] then), still against all N images.
+    """
+    pred, gallery = F.normalize(pred.float(), dim=-1), F.normalize(true_image.float(), dim=-1)
+    true_image = gallery if rows is None else gallery[rows]
     cosine = (pred * true_image).sum(-1)                                  # (N,)
-    sims = pred @ true_image.T                                            # (N, N): query i vs image j
+    sims = pred @ gallery.T                                               # (N, N): query i vs image j
     ranks = 1 + (sims > cosine[:, None]).sum(1).float()                   # ties count in our favour
     return {"cosine": float(cosine.mean()), "cosine_std": float(cosine.std()) if len(cosine) > 1 else 0.0,
             "mean_rank": float(ranks.mean()), "median_rank": float(ranks.median()),
@@ -95,7 +101,26 @@ def evaluate_prior(
     if captions:
         chosen = [captions[i] for i in index.tolist()]
         result["caption_oracle"] = embedding_metrics(_caption_means(true_image, chosen), true_image)
+        others, rows_with_others = _other_image_of_caption(true_image, chosen)
+        if len(rows_with_others):
+            result["same_caption_image"] = embedding_metrics(others, true_image, rows_with_others)
     return result
+
+
+def _other_image_of_caption(image_embed: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows whose caption has another held-out image: the next such image (what an ideal sampler of
+    P(z_i | caption) would return, in distribution). Returns (embeds [M, D], row indices [M])."""
+    groups: dict[str, list[int]] = {}
+    for i, caption in enumerate(captions):
+        groups.setdefault(caption, []).append(i)
+    rows, picks = [], []
+    for members in groups.values():
+        if len(members) > 1:
+            for k, i in enumerate(members):
+                rows.append(i)
+                picks.append(members[(k + 1) % len(members)])
+    order = torch.tensor(rows, dtype=torch.long)
+    return image_embed[torch.tensor(picks, dtype=torch.long)], order
 
 
 def _caption_means(image_embed: torch.Tensor, captions: list[str]) -> torch.Tensor:
@@ -133,6 +158,7 @@ def format_table(result: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
     for key, label in (("prior", "prior"), ("text_embedding", "text embedding as image embedding"),
                        ("mean_image_embedding", "mean image embedding"),
+                       ("same_caption_image", "reference: another test image of the same caption"),
                        ("caption_oracle", "ceiling: mean test image embed of the same caption")):
         if key not in result:
             continue
