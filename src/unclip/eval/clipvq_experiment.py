@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     from unclip.pipelines.images import image_grid, save_png
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a clipvq pipeline dir")
+    parser.add_argument("--run", action="append", default=[], metavar="LABEL=DIR", help="a clipvq pipeline dir")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only print the table of earlier result files")
     parser.add_argument("--prompts", type=int, default=240)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=25)
@@ -92,8 +93,16 @@ def main(argv=None) -> int:
     parser.add_argument("--truncation", type=float, default=0.9)
     parser.add_argument("--sampler", default="ancestral")
     parser.add_argument("--eval-encoder", default=None, help="encoder dir NOT used for conditioning")
-    parser.add_argument("--out", required=True, help="JSON results; grids go next to it")
+    parser.add_argument("--out", help="JSON results; grids go next to it")
     args = parser.parse_args(argv)
+    if args.merge:
+        merged: dict[str, dict] = {}
+        for path in args.merge:
+            merged.update(json.loads(Path(path).read_text())["results"])
+        print(markdown_table(merged))
+        return 0
+    if not args.run or not args.out:
+        parser.error("give --out and at least one --run LABEL=DIR (or --merge)")
 
     prompts = experiment_prompts(args.prompts, args.seed)
     eval_encoder = None
