@@ -10,7 +10,7 @@ the server's resident memory (start, end, peak) read from /proc. Exit status 1 o
 any error or mixed-up result.
 
     python bench/serve_load.py --model runs/tiny-pipeline --clients 20 --requests 200
-    python bench/serve_load.py --tiny runs/serve-tiny     # builds a tiny random text->image pipeline first
+    python bench/serve_load.py --tiny runs/serve-tiny     # builds a tiny random unCLIP pipeline first
 """
 
 from __future__ import annotations
@@ -77,13 +77,13 @@ def main(argv=None) -> int:
 
 
 def build_tiny(directory: Path) -> Path:
-    """A tiny random text->image pipeline (text-only decoder + upsampler), saved once."""
+    """A tiny random unCLIP pipeline (prior + decoder + upsampler), saved once."""
     if (directory / "pipeline.json").is_file():
         return directory
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_pipeline_helpers import tiny_pipeline
 
-    tiny_pipeline("glide", upsampler=True).save(directory, overwrite=True)
+    tiny_pipeline("full", upsampler=True).save(directory, overwrite=True)
     return directory
 
 

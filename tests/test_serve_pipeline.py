@@ -29,7 +29,7 @@ def _png(colour) -> bytes:
 
 @pytest.fixture(scope="module")
 def text_pipeline():
-    return pipeline_helpers.tiny_pipeline("glide", upsampler=True)
+    return pipeline_helpers.tiny_pipeline("full", upsampler=True)  # prior + decoder + upsampler
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,19 @@ def test_generate_matches_the_pipeline_for_the_returned_seed(text_pipeline):
     rng_before = torch.get_rng_state()
     with TestClient(create_app(text_pipeline, model_ref="tiny")) as client:
         info = client.get("/api/info").json()
-        assert info["stages"] == ["decoder", "upsampler"] and "prior_steps" not in info["defaults"]
+        assert info["stages"] == ["prior", "decoder", "upsampler"] and info["defaults"]["prior_steps"] == 4
         response = client.post("/api/generate", json={"prompt": "a red circle", "num_images": 2, "seed": 5,
-                                                      "decoder_steps": 3, "upsampler_steps": 2, "prior_steps": 9})
+                                                      "decoder_steps": 3, "upsampler_steps": 2, "prior_steps": 3,
+                                                      "prior_guidance": 1.5})
         assert response.status_code == 200, response.text
         job = response.json()
     assert torch.equal(torch.get_rng_state(), rng_before)  # per-request generators only, never the global RNG
     result = job["result"]
     assert result["seeds"] == [5, 6] and job["progress"] == {"stage": "upsampler", "step": 2, "total": 2}
-    assert "--prior-steps" not in result["command"]  # this model has no prior; the setting is not used
+    assert result["command"].endswith("--seed 5 --prior-steps 3 --decoder-steps 3 --upsampler-steps 2 "
+                                      "--prior-guidance 1.5")
     direct = text_pipeline(["a red circle"], num_images_per_prompt=2, seed=5, decoder_steps=3, upsampler_steps=2,
-                           progress=False)
+                           prior_steps=3, prior_guidance=1.5, progress=False)
     assert [_pixels(image["png_base64"]) for image in result["images"]] == [im.tobytes() for im in direct.images]
     assert Image.open(io.BytesIO(base64.b64decode(result["images"][0]["png_base64"]))).size == (32, 32)
 
@@ -90,7 +92,7 @@ def test_the_returned_command_reproduces_the_images(text_pipeline, image_pipelin
     (tmp_path / "red.png").write_bytes(_png((220, 30, 30)))
     with TestClient(create_app(text_pipeline, model_ref=str(text_dir))) as client:
         body = {"prompt": "a blue square", "num_images": 2, "seed": 21, "decoder_steps": 2, "upsampler_steps": 2,
-                "decoder_guidance": 2.5}
+                "decoder_guidance": 2.5, "prior_steps": 2, "prior_guidance": 3.5, "negative_prompt": "a circle"}
         generated = client.post("/api/generate", json=body).json()["result"]
     with TestClient(create_app(image_pipeline, model_ref=str(image_dir))) as client:
         varied = client.post("/api/variations", files={"image": ("red.png", _png((220, 30, 30)), "image/png")},
