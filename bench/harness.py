@@ -116,23 +116,27 @@ def measure(built: Built, spec: dict) -> dict:
         flops += total_2 - sum(per_stage.values())  # text encoder, schedulers, glue: once
         result["flops_per_step"] = per_step
         result["flops_total"] = flops
-        times = []
+        times, cpu = [], []
         for _ in range(spec.get("inner_reps", 1)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             built.run(*steps)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
     else:
         flops, per_stage = count_flops(built.stages, built.run)  # also the first warm-up step
         built.run()
         result["flops_per_step"] = per_stage
         result["flops_total"] = flops
-        times = []
+        times, cpu = [], []
         for _ in range(spec.get("inner_reps", 2)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             built.run()
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
     result["seconds"] = statistics.median(times)
     result["seconds_all"] = times
+    # CPU seconds of all threads: less sensitive than wall time to other processes on a shared machine
+    result["cpu_seconds"] = statistics.median(cpu)
     result["max_rss_mib"] = max_rss_mib()
     return result
 

@@ -133,6 +133,8 @@ def _results_table(summary: dict) -> list[str]:
                 lines.append(f"| {workload} | {system} | | {row['error'] if row else 'not run'} | | | | | | |")
                 continue
             runs = ", ".join(f"{s:.1f}" for s in row["all"])
+            if "cpu_seconds" in row:
+                runs += f" (CPU {row['cpu_seconds']:.1f})"
             lines.append(f"| {workload} | {system} | {_fmt_params(row['params'], row['notes'])} | {row['seconds']:.2f} | "
                          f"{runs} | {row['flops'] / 1e9:.1f} | {row['gflops_per_s']:.1f} | {100 * row['util_fp32']:.1f} | "
                          f"{100 * row['util_bf16']:.1f} | {row['max_rss_mib']:.0f} |")
@@ -148,9 +150,34 @@ def _ratio_table(summary: dict) -> list[str]:
             cells = []
             for peer in peers:
                 value = summary["ratios"].get(f"{workload}|{ours}|{peer}")
+                cpu = f"; CPU time {value['cpu_median']:.2f}×" if value and "cpu_median" in value else ""
                 cells.append("–" if value is None else
-                             f"**{value['median']:.2f}×** ({', '.join(f'{v:.2f}' for v in value['all'])})")
+                             f"**{value['median']:.2f}×** ({', '.join(f'{v:.2f}' for v in value['all'])}{cpu})")
             lines.append(f"| {workload} | {ours} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _param_table(summary: dict) -> list[str]:
+    """Per network: each system's parameter count and its deviation from DALLE2-pytorch's."""
+    lines = ["| workload | network | " + " | ".join(summary["systems"]) + " | largest deviation from dalle2 |",
+             "|---|---|" + "---|" * (len(summary["systems"]) + 1)]
+    seen = set()
+    for workload in summary["workloads"]:
+        for stage in STAGES:
+            counts = {}
+            for system in summary["systems"]:
+                row = _row(summary, workload, system)
+                if row and "params" in row and stage in row["params"]:
+                    twice = stage == "upsampler" and "upsampler_params" in row["notes"]
+                    counts[system] = row["params"][stage] / (2 if twice else 1)
+            key = (stage, tuple(sorted(counts.items())))
+            if not counts or key in seen:
+                continue
+            seen.add(key)
+            ref = counts.get("dalle2")
+            dev = "–" if ref is None else f"{100 * max(abs(c / ref - 1) for c in counts.values()):.1f}%"
+            cells = [f"{counts[s] / 1e6:.2f}M" if s in counts else "" for s in summary["systems"]]
+            lines.append(f"| {workload} | {stage} | " + " | ".join(cells) + f" | {dev} |")
     return lines
 
 
@@ -244,6 +271,10 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         "element-wise ops), so utilisation is a lower bound.",
         "",
         *_results_table(summary),
+        "",
+        "### Parameter counts per network (diffusers' upsampler: each of its two UNets)",
+        "",
+        *_param_table(summary),
         "",
         "### FLOPs per step (forward passes, classifier-free guidance included)",
         "",

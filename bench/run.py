@@ -92,6 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Markdown report to write ('-' for none)")
     parser.add_argument("--from-summary", type=Path, nargs="+", default=None, metavar="SUMMARY_JSON",
                         help="run nothing: rewrite --doc from previous runs' summary.json files (merged in order)")
+    parser.add_argument("--from-runs", type=Path, default=None, metavar="RUNS_JSON",
+                        help="run nothing but the matmul peak: summarise an interrupted run's runs.json")
     args = parser.parse_args(argv)
     if args.from_summary is not None:
         return args
@@ -163,6 +165,8 @@ def main(argv=None) -> int:
         args.doc.write_text(report.markdown(summary, analysis=HERE / "analysis.md"))
         print(f"wrote {args.doc} from {', '.join(map(str, args.from_summary))}")
         return 0
+    if args.from_runs is not None:
+        return summarise_runs_file(args)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out_dir = args.results / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +200,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def summarise_runs_file(args) -> int:
+    """Summary (and doc) of an interrupted run: workloads, systems and reps are read from runs.json."""
+    runs = json.loads(args.from_runs.read_text())
+    args.workloads = list(dict.fromkeys(r["workload"] for r in runs))
+    args.system_list = list(dict.fromkeys(r["system"] for r in runs))
+    args.reps = max(r["rep"] for r in runs) + 1
+    args.quick = any(r["spec"].get(k) != v for r in runs for k, v in WORKLOADS[r["workload"]].items()
+                     if k in r["spec"])
+    out_dir = args.from_runs.resolve().parent
+    peaks = [measure_peak(args.threads, args.peak_size)]
+    peak = peaks[0]
+    summary = summarise(runs, args, peak)
+    summary.update(command=f"python bench/run.py  # interrupted; summarised with --from-runs {args.from_runs}",
+                   stamp=out_dir.name, peaks=peaks, peak=peak, results_dir=str(out_dir.relative_to(ROOT)))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(report.console(summary), flush=True)
+    if str(args.doc) != "-":
+        args.doc.write_text(report.markdown(summary, analysis=HERE / "analysis.md"))
+    return 0
+
+
 def summarise(runs: list[dict], args, peak: dict) -> dict:
     """Median time per (workload, system), paired per-repetition ratios ours vs each peer."""
     rows = {}
@@ -215,18 +240,24 @@ def summarise(runs: list[dict], args, peak: dict) -> dict:
                 "gflops_per_s": flops / seconds / 1e9, "util_fp32": flops / seconds / peak["fp32"],
                 "util_bf16": flops / seconds / peak["bf16"], "spec": mine[0]["spec"], "errors": errors,
             }
+            if all("cpu_seconds" in r for r in mine):
+                rows[(workload, system)]["cpu_seconds"] = statistics.median(r["cpu_seconds"] for r in mine)
     ratios = {}
     for workload in args.workloads:
         for ours in (s for s in args.system_list if s in OURS):
             for peer in (s for s in args.system_list if s in PEERS):
-                paired = []
+                paired, paired_cpu = [], []
                 for rep in range(args.reps):
                     o = [r for r in runs if (r["workload"], r["system"], r["rep"]) == (workload, ours, rep)]
                     p = [r for r in runs if (r["workload"], r["system"], r["rep"]) == (workload, peer, rep)]
                     if o and p and "seconds" in o[0] and "seconds" in p[0]:
                         paired.append(p[0]["seconds"] / o[0]["seconds"])  # > 1: ours is faster
+                        if "cpu_seconds" in o[0] and "cpu_seconds" in p[0]:
+                            paired_cpu.append(p[0]["cpu_seconds"] / o[0]["cpu_seconds"])
                 if paired:
                     ratios[(workload, ours, peer)] = {"median": statistics.median(paired), "all": paired}
+                if paired_cpu:
+                    ratios[(workload, ours, peer)]["cpu_median"] = statistics.median(paired_cpu)
     return {"rows": {f"{w}|{s}": v for (w, s), v in rows.items()},
             "ratios": {f"{w}|{o}|{p}": v for (w, o, p), v in ratios.items()},
             "workloads": args.workloads, "systems": args.system_list, "reps": args.reps, "quick": args.quick,
