@@ -87,3 +87,6 @@ def test_ar_stage_trains_and_exports(tmp_path):
     assert json.loads((final / "prior" / "component.json").read_text())["kind"] == "autoregressive"
     table = json.loads(sorted((tmp_path / "run" / "eval").glob("step_*/prior_eval.json"))[-1].read_text())
     assert table["items"] == 16 and 0 < table["prior"]["mean_rank"] <= 16
+    from unclip.eval.prior_eval import main as eval_main
+
+    assert eval_main(["--prior", str(tmp_path / "run"), "--embeddings", str(emb), "--items", "8"]) == 0

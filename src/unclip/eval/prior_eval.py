@@ -186,10 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from unclip.checkpoint import load_model
+        from unclip.errors import CheckpointError
+        from unclip.models.ar_prior import ARPrior
         from unclip.models.prior import DiffusionPrior
         from unclip.train.stages.prior import EmbeddingRows
 
-        prior = load_model(resolve_prior_path(args.prior), device=args.device, expected=DiffusionPrior)
+        path = resolve_prior_path(args.prior)
+        prior = load_model(path, device=args.device)
+        if not isinstance(prior, (DiffusionPrior, ARPrior)):
+            raise CheckpointError(f"{path} holds a {type(prior).__name__}, not a prior")
         rows = EmbeddingRows(args.embeddings, args.split)
         result = evaluate_prior(prior, rows, max_items=args.items or None, sampler=args.sampler, steps=args.steps,
                                 guidance_scale=args.guidance, num_candidates=args.candidates)
