@@ -40,6 +40,7 @@ def merge(summaries: list[dict]) -> dict:
 
     Each row keeps the utilisation computed against its own run's peak; later runs win on clashes.
     """
+    summaries = [_tag_quick(s) for s in summaries] if len(summaries) > 1 else summaries
     merged = dict(summaries[0])
     for key in ("workloads", "systems"):
         merged[key] = list(dict.fromkeys(v for s in summaries for v in s[key]))
@@ -52,6 +53,21 @@ def merge(summaries: list[dict]) -> dict:
     merged["peak"] = {k: max(s["peak"].get(k, 0.0) for s in summaries) for k in summaries[-1]["peak"]}
     merged["reps"] = "/".join(str(s["reps"]) for s in summaries)
     return merged
+
+
+def _tag_quick(summary: dict) -> dict:
+    """Rename a --quick run's workloads ``NAME-quick`` so they sit beside full runs of NAME."""
+    if not summary.get("quick"):
+        return summary
+    name = lambda w: f"{w}-quick"  # noqa: E731
+    tagged = dict(summary, workloads=[name(w) for w in summary["workloads"]])
+    tagged["rows"] = {f"{name(k.split('|')[0])}|{k.split('|', 1)[1]}": v for k, v in summary["rows"].items()}
+    tagged["ratios"] = {f"{name(k.split('|')[0])}|{k.split('|', 1)[1]}": v for k, v in summary["ratios"].items()}
+    return tagged
+
+
+def _base(workload: str) -> str:
+    return workload.removesuffix("-quick")
 
 
 def _fmt_params(params: dict, notes: dict) -> str:
@@ -105,7 +121,7 @@ def _targets(summary: dict) -> list[str]:
     def verdict(value, goal):
         return "–" if value is None else ("yes" if value >= goal else "**no**")
 
-    for workload in ("sample32", "sample64"):
+    for workload in (w for w in summary["workloads"] if _base(w) in ("sample32", "sample64")):
         for ours in ("unclip", "unclip-bf16"):
             for peer in ("diffusers", "dalle2"):
                 value = _ratio(summary, workload, ours, peer)
@@ -113,19 +129,21 @@ def _targets(summary: dict) -> list[str]:
                     lines.append(f"| end-to-end {workload}: {ours} ≥ 2× faster than {peer} | {value:.2f}×"
                                  f"{_cpu_ratio(summary, workload, ours, peer)} | "
                                  f"{verdict(value, TARGETS['end_to_end'])} |")
-    for ours in ("unclip", "unclip-bf16"):
-        value = _ratio(summary, "decoder_train", ours, "dalle2")
-        if value is not None:
-            lines.append(f"| decoder training step: {ours} ≥ 1.5× faster than dalle2 | {value:.2f}×"
-                         f"{_cpu_ratio(summary, 'decoder_train', ours, 'dalle2')} | "
-                         f"{verdict(value, TARGETS['decoder_train_vs_dalle2'])} |")
-    for ours in ("unclip-bf16", "unclip"):
-        row = _row(summary, "decoder_train", ours)
+    trains = [w for w in summary["workloads"] if _base(w) == "decoder_train"]
+    for workload in trains:
+        for ours in ("unclip", "unclip-bf16"):
+            value = _ratio(summary, workload, ours, "dalle2")
+            if value is not None:
+                lines.append(f"| {workload} step: {ours} ≥ 1.5× faster than dalle2 | {value:.2f}×"
+                             f"{_cpu_ratio(summary, workload, ours, 'dalle2')} | "
+                             f"{verdict(value, TARGETS['decoder_train_vs_dalle2'])} |")
+    for workload, ours in ((w, o) for w in trains for o in ("unclip-bf16", "unclip")):
+        row = _row(summary, workload, ours)
         if row and "error" not in row:
             best = max(row["util_bf16"], row.get("util_cpu_bf16", 0.0))
             per_cpu = (f"; per CPU second: {100 * row['util_cpu_bf16']:.1f}% of bf16, "
                        f"{100 * row['util_cpu_fp32']:.1f}% of fp32" if "util_cpu_bf16" in row else "")
-            lines.append(f"| decoder training: {ours} ≥ 40% of the bf16 matmul peak | wall: {100 * row['util_bf16']:.1f}% "
+            lines.append(f"| {workload}: {ours} ≥ 40% of the bf16 matmul peak | wall: {100 * row['util_bf16']:.1f}% "
                          f"of bf16, {100 * row['util_fp32']:.1f}% of fp32{per_cpu} | "
                          f"{verdict(best, TARGETS['decoder_train_bf16_util'])} |")
     if len(lines) == 2:
@@ -140,8 +158,10 @@ def _results_table(summary: dict) -> list[str]:
     for workload in summary["workloads"]:
         for system in summary["systems"]:
             row = _row(summary, workload, system)
-            if row is None or "error" in row:
-                lines.append(f"| {workload} | {system} | | {row['error'] if row else 'not run'} | | | | | | | |")
+            if row is None:
+                continue  # a merged run that did not include this system
+            if "error" in row:
+                lines.append(f"| {workload} | {system} | | {row['error']} | | | | | | | |")
                 continue
             runs = ", ".join(f"{s:.1f}" for s in row["all"])
             if "cpu_seconds" in row:
@@ -218,17 +238,18 @@ def _spec_lines(summary: dict) -> list[str]:
         if row is None:
             continue
         spec = row["spec"]
+        quick = " (`--quick`)" if workload.endswith("-quick") else ""
         if workload.startswith("sample"):
             lines.append(f"- `{workload}`: {spec['images']} images, {spec['image_size']}→{spec['sr_size']} px, "
                          f"{spec['prior_steps']} prior / {spec['decoder_steps']} decoder / {spec['sr_steps']} upsampler "
                          f"steps, guidance {spec['prior_guidance']} (prior) and {spec['decoder_guidance']} (decoder), "
-                         f"none on the upsampler; decoder size `{spec['decoder']}`.")
-        elif workload == "prior_train":
-            lines.append(f"- `prior_train`: one AdamW step of the prior at batch {spec['batch']} "
-                         f"(median of {spec.get('inner_reps', 1)} timed steps after a warm-up).")
+                         f"none on the upsampler; decoder size `{spec['decoder']}`{quick}.")
+        elif workload.startswith("prior_train"):
+            lines.append(f"- `{workload}`: one AdamW step of the prior at batch {spec['batch']} "
+                         f"(median of {spec.get('inner_reps', 1)} timed steps after a warm-up){quick}.")
         else:
-            lines.append(f"- `decoder_train`: one AdamW step of the `{spec['decoder']}` decoder at {spec['image_size']} px, "
-                         f"batch {spec['batch']} (median of {spec.get('inner_reps', 1)} timed steps after a warm-up).")
+            lines.append(f"- `{workload}`: one AdamW step of the `{spec['decoder']}` decoder at {spec['image_size']} px, "
+                         f"batch {spec['batch']} (median of {spec.get('inner_reps', 1)} timed steps after a warm-up){quick}.")
     return lines
 
 
@@ -268,7 +289,7 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         f"{ours_versions.get('torch', '?')}, Python {hw.get('python')}.",
         f"- Peers (bench/.venv-peers): diffusers {pv.get('diffusers', '?')}, transformers {pv.get('transformers', '?')}, "
         f"dalle2-pytorch {pv.get('dalle2-pytorch', '?')}, torch {pv.get('torch', '?')}.",
-        f"- Run: {summary['reps']} alternating repetitions{' (--quick)' if summary['quick'] else ''}, "
+        f"- Run: {summary['reps']} alternating repetitions{' (--quick)' if summary['quick'] and '/' not in str(summary['reps']) else ''}, "
         f"started {summary['stamp']} UTC.",
         "",
         "## Workloads",

@@ -214,11 +214,12 @@ def summarise_runs_file(args) -> int:
                      if k in r["spec"])
     out_dir = args.from_runs.resolve().parent
     previous = out_dir / "summary.json"
-    peaks = json.loads(previous.read_text()).get("peaks", []) if previous.exists() else []
+    old = json.loads(previous.read_text()) if previous.exists() else {}
+    peaks = old.get("peaks", [])
     peaks.append(measure_peak(args.threads, args.peak_size))  # also the per-CPU-second peak
     peak = {k: max(p.get(k, 0.0) for p in peaks) for k in peaks[-1]}
     summary = summarise(runs, args, peak)
-    summary.update(command=f"python bench/run.py  # interrupted; summarised with --from-runs {args.from_runs}",
+    summary.update(command=old.get("command", f"python bench/run.py  # summarised with --from-runs {args.from_runs}"),
                    stamp=out_dir.name, peaks=peaks, peak=peak, results_dir=str(out_dir.relative_to(ROOT)))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(report.console(summary), flush=True)
