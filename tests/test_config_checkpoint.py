@@ -112,3 +112,4 @@ def test_atomic_write_keeps_previous_file_on_crash(tmp_path):
         atomic_write(path, crash)
     assert path.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["state.txt"]
+    assert path.stat().st_mode & 0o044 == 0o044, "others can read what we write (not mkstemp's 0600)"
