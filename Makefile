@@ -18,7 +18,8 @@ install: $(BIN)/python
 	$(PIP) -e .
 
 install-test: install
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[test,serve]"
+	PYTHON=$(BIN)/python bash scripts/install_browser.sh
 
 demo: install
 	$(BIN)/unclip data build shapes --out $(OUT)/shapes --size 32 --count 512
