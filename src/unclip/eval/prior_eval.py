@@ -98,8 +98,8 @@ def evaluate_prior(
                      "num_candidates": num_candidates, "device": str(device)},
     }
     captions = getattr(rows, "captions", None)
-    if captions:
-        chosen = [captions[i] for i in index.tolist()]
+    chosen = [captions[i] for i in index.tolist()] if captions else []
+    if len(set(chosen)) < len(chosen):  # only meaningful when several images share a caption
         result["caption_oracle"] = embedding_metrics(_caption_means(true_image, chosen), true_image)
         others, rows_with_others = _other_image_of_caption(true_image, chosen)
         if len(rows_with_others):
