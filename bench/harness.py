@@ -99,6 +99,15 @@ def count_flops(stages: dict, fn: Callable) -> tuple[int, dict]:
 
 
 def max_rss_mib() -> float:
+    """Peak resident memory of this process: VmHWM of its own address space where /proc has it
+    (ru_maxrss may carry the parent's peak across fork + exec), else getrusage's maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
