@@ -15,11 +15,11 @@ from pathlib import Path
 
 from unclip.cli.common import add_command, float_in_range, int_in_range
 from unclip.errors import UnclipError
-from unclip.pipelines.registry import DEFAULT_MODEL
 
 
 def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name or pipeline directory")
+    parser.add_argument("--model", default=None,
+                        help="shipped model name or pipeline directory (default: emoji if shipped, else shapes)")
     parser.add_argument("--seed", type=int_in_range(0, 2**31 - 1), default=None,
                         help="seed of the first image (image i uses seed+i); default: random")
     if prior:
@@ -124,7 +124,9 @@ def _stage_kwargs(args, *, prior: bool = True) -> dict:
 
 def _load(args):
     from unclip.pipelines import load_pipeline
+    from unclip.pipelines.registry import default_model
 
+    args.model = args.model or default_model()  # recorded in generation.json
     return load_pipeline(args.model, device=args.device)
 
 

@@ -59,7 +59,7 @@ def find_pipelines(roots: list[Path], max_depth: int = 4) -> list[Path]:
 
 
 def run_models(args) -> int:
-    from unclip.pipelines.registry import DEFAULT_MODEL, models_root, shipped_models
+    from unclip.pipelines.registry import default_model, models_root, shipped_models
 
     names = shipped_models()
     print("shipped models (use --model NAME):")
@@ -67,7 +67,7 @@ def run_models(args) -> int:
         print("  (none in this install)")
     for name in names:
         kind, description, size_mb = _describe(models_root() / name)
-        default = " (default)" if name == DEFAULT_MODEL else ""
+        default = " (default)" if name == default_model() else ""
         print(f"  {name:<12} {kind:<7} {size_mb:6.1f} MB  {description}{default}")
     roots = [Path(p) for p in (args.search or ["runs", "models"])]
     local = find_pipelines(roots)

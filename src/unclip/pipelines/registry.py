@@ -10,9 +10,10 @@ from pathlib import Path
 
 from unclip.errors import UnclipError
 
-__all__ = ["DEFAULT_MODEL", "PIPELINE_FILE", "models_root", "shipped_models", "resolve_model"]
+__all__ = ["DEFAULT_MODELS", "PIPELINE_FILE", "default_model", "models_root", "shipped_models", "resolve_model"]
 
-DEFAULT_MODEL = "emoji"
+# The default is the first of these that is shipped (emoji once it ships, else shapes).
+DEFAULT_MODELS = ("emoji", "shapes")
 PIPELINE_FILE = "pipeline.json"
 
 
@@ -28,6 +29,12 @@ def shipped_models() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / PIPELINE_FILE).is_file())
 
 
+def default_model() -> str:
+    """The model used when none is named: the first shipped of ``DEFAULT_MODELS``."""
+    shipped = shipped_models()
+    return next((name for name in DEFAULT_MODELS if name in shipped), DEFAULT_MODELS[0])
+
+
 def _looks_like_path(text: str) -> bool:
     return "/" in text or "\\" in text or text.startswith(".") or text.startswith("~")
 
@@ -37,7 +44,7 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
 
     Raises a one-line ``UnclipError`` saying which models are shipped and how to pass a path.
     """
-    text = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    text = str(name_or_path) if name_or_path is not None else default_model()
     if not text.strip():
         raise UnclipError("--model is empty: pass a shipped model name or a pipeline directory")
     if not _looks_like_path(text):
