@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
 PROMPT ?= a large red circle in the center
+PROMPT2 ?= a small blue square in the top left
 OUT ?= out
 
 .PHONY: install install-test demo test clean
@@ -22,8 +23,7 @@ install-test: install
 	PYTHON=$(BIN)/python bash scripts/install_browser.sh
 
 demo: install
-	$(BIN)/unclip data build shapes --out $(OUT)/shapes --size 32 --count 512
-	$(BIN)/unclip data preview $(OUT)/shapes --out $(OUT)/shapes-preview.png
+	$(BIN)/unclip generate "$(PROMPT)" "$(PROMPT2)" -n 4 --seed 0 --out $(OUT)/demo.png
 
 test: install-test
 	$(BIN)/python -m pytest -q

@@ -36,7 +36,7 @@ class EvalConfig:
     num_prompts: int = 50            # distinct held-out captions to generate from
     images_per_prompt: int = 2       # ≥ 2 gives the diversity metric
     split: str = "test"              # prompts and the real reference come from this split
-    baseline_split: str = "val"      # a second real set for the real-vs-real baseline
+    baseline_split: str = "val"      # real-vs-real baseline from here when `split` has < 2N images
     seed: int = 0
     batch_size: int = 16
     feature_size: int = 128          # images are resized to this side for EfficientNet features
@@ -124,8 +124,16 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
     fake = output.images.float().cpu()
     fake_prompts = list(output.prompts)
     count = len(fake)
-    real, _ = load_split(data, config.split, count, config.seed + 1)
-    baseline, _ = load_split(data, config.baseline_split, count, config.seed + 2)
+    # Real reference and real-vs-real baseline: two disjoint samples of the split when it
+    # holds 2N images (same distribution), else the baseline comes from baseline_split.
+    pool, _ = load_split(data, config.split, 2 * count, config.seed + 1)
+    if pool is not None and len(pool) >= 2 * count:
+        real, baseline = pool[:count], pool[count:]
+        result_baseline = config.split
+    else:
+        real = pool[:count] if pool is not None else None
+        baseline, _ = load_split(data, config.baseline_split, count, config.seed + 2)
+        result_baseline = config.baseline_split
     if real is None or len(real) < 3:
         raise UnclipError(f"split {config.split!r} of {data} has fewer than 3 images to compare against")
     size = config.feature_size
@@ -138,6 +146,7 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
         base_feats = image_features(baseline, extractor, size)
         result.update({f"baseline_{k}": v for k, v in _distribution_metrics(real_feats, base_feats).items()})
         result["n_baseline"] = len(baseline)
+        result["baseline_split"] = result_baseline
     if config.images_per_prompt >= 2:
         per_prompt = fake_feats.reshape(len(prompts), config.images_per_prompt, -1)
         result["diversity"] = float(np.mean([metrics.mean_pairwise_distance(f) for f in per_prompt]))
