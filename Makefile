@@ -23,6 +23,7 @@ install-test: install
 	PYTHON=$(BIN)/python bash scripts/install_browser.sh
 
 demo: install
+	mkdir -p $(OUT)
 	$(BIN)/unclip generate "$(PROMPT)" "$(PROMPT2)" -n 4 --seed 0 --out $(OUT)/demo.png
 
 test: install-test
