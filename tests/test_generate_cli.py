@@ -67,10 +67,21 @@ def test_generate_grid_and_out_dir(tmp_path, models, capsys):
     assert (a - b).abs().max() <= 1
 
 
+def test_default_model_is_a_shipped_one(tmp_path, capsys):
+    from unclip.pipelines.registry import default_model, shipped_models
+
+    assert default_model() in shipped_models()
+    out_dir = tmp_path / "default"
+    code, stdout, _ = _run(["generate", "a large red circle in the center", "-n", "1", "--seed", "0", "--quiet",
+                            "--prior-steps", "2", "--decoder-steps", "2", "--out-dir", str(out_dir)], capsys)
+    assert code == 0, stdout
+    assert json.loads((out_dir / "generation.json").read_text())["model"] == default_model()
+
+
 def test_generate_errors_are_one_line(tmp_path, models, capsys):
     cases = [
         (["generate", "", "--model", models["glide"]], "empty prompt"),
-        (["generate", "a red circle"], "--model PATH"),  # the default model is not shipped here
+        (["generate", "a red circle", "--model", "no-such-model"], "--model PATH"),
         (["generate", "a red circle", "--model", str(tmp_path / "nope")], "not found"),
         (["generate", "a red circle", "--model", models["glide"], "--out", str(tmp_path / "x.jpg")], ".png"),
         (["generate", "a red circle", "--model", models["glide"], "--out", str(tmp_path / "no" / "x.png")],
