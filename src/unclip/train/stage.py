@@ -65,3 +65,26 @@ class Stage:
         path = Path(out_dir) / "model.safetensors"
         save_model(model, path)
         return path
+
+
+class ImageStage(Stage):
+    """A stage trained on the images (and captions) of the dataset at ``config.data.path``.
+
+    ``config.data`` needs ``path`` and ``val_split``; images are resized to
+    ``image_size()`` (``config.data.image_size`` unless a subclass says otherwise).
+    """
+
+    def image_size(self) -> int | None:
+        return getattr(self.config.data, "image_size", None)
+
+    def build_dataset(self, split: str) -> Dataset:
+        from unclip.data import open_dataset
+
+        data = self.config.data
+        split = data.val_split if split == "val" else split
+        return open_dataset(data.path, split=split, image_size=self.image_size())
+
+    def collate(self, samples: list[Any]) -> Any:
+        from unclip.data import collate_samples
+
+        return collate_samples(samples)

@@ -27,7 +27,7 @@ from unclip.diffusion.schedule import DiffusionConfig
 from unclip.errors import UnclipError
 from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
 from unclip.train.config import TrainConfig
-from unclip.train.stage import Stage
+from unclip.train.stage import ImageStage
 
 __all__ = ["DecoderData", "SampleSettings", "DecoderStageConfig", "DecoderStage", "write_component"]
 
@@ -78,7 +78,7 @@ def write_component(out_dir: Path, model: torch.nn.Module, info: dict[str, Any])
     return path
 
 
-class DecoderStage(Stage):
+class DecoderStage(ImageStage):
     name = "decoder"
     config_class = DecoderStageConfig
 
@@ -114,16 +114,6 @@ class DecoderStage(Stage):
     def build_model(self) -> torch.nn.Module:
         return UNet(self.model_config())
 
-    def build_dataset(self, split: str):
-        from unclip.data import open_dataset
-
-        split = self.config.data.val_split if split == "val" else split
-        return open_dataset(self.config.data.path, split=split, image_size=self.config.data.image_size)
-
-    def collate(self, samples):
-        from unclip.data import collate_samples
-
-        return collate_samples(samples)
 
     @torch.no_grad()
     def conditions(self, images: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from unclip.diffusion.schedule import DiffusionConfig
 from unclip.models.degrade import DegradeConfig, degrade, make_low_res, noise_augment
 from unclip.models.unet import UNet, UNetConfig
 from unclip.train.config import TrainConfig
-from unclip.train.stage import Stage
+from unclip.train.stage import ImageStage
 from unclip.train.stages.decoder import SampleSettings, write_component
 
 __all__ = ["UpsamplerData", "UpsamplerStageConfig", "UpsamplerStage"]
@@ -55,7 +55,7 @@ class UpsamplerStageConfig:
             raise ValueError("inference_noise_level must be in [0, degrade.noise_levels)")
 
 
-class UpsamplerStage(Stage):
+class UpsamplerStage(ImageStage):
     name = "upsampler"
     config_class = UpsamplerStageConfig
 
@@ -73,16 +73,6 @@ class UpsamplerStage(Stage):
     def build_model(self) -> torch.nn.Module:
         return UNet(self.model_config())
 
-    def build_dataset(self, split: str):
-        from unclip.data import open_dataset
-
-        split = self.config.data.val_split if split == "val" else split
-        return open_dataset(self.config.data.path, split=split, image_size=self.config.data.image_size)
-
-    def collate(self, samples):
-        from unclip.data import collate_samples
-
-        return collate_samples(samples)
 
     def conditioning(self, images: torch.Tensor, generator: torch.Generator | None):
         """High-res [B, 3, H, W] → (corrupted low-res [B, 3, h, w], noise level [B] or None)."""

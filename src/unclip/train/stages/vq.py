@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from unclip.models.vq import VQConfig, VQModel, codebook_usage, psnr
 from unclip.train.config import TrainConfig
-from unclip.train.stage import Stage
+from unclip.train.stage import ImageStage
 
 __all__ = ["VQData", "VQLoss", "VQStageConfig", "VQStage", "evaluate_tokenizer"]
 
@@ -51,7 +51,7 @@ class VQStageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-class VQStage(Stage):
+class VQStage(ImageStage):
     name = "vq"
     config_class = VQStageConfig
 
@@ -74,16 +74,8 @@ class VQStage(Stage):
     def build_model(self) -> torch.nn.Module:
         return VQModel(self.config.model)
 
-    def build_dataset(self, split: str):
-        from unclip.data import open_dataset
-
-        split = self.config.data.val_split if split == "val" else split
-        return open_dataset(self.config.data.path, split=split, image_size=self.config.model.image_size)
-
-    def collate(self, samples):
-        from unclip.data import collate_samples
-
-        return collate_samples(samples)
+    def image_size(self) -> int:
+        return self.config.model.image_size
 
     def loss(self, model, batch, generator):
         param = next(model.parameters())
