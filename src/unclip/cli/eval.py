@@ -1,4 +1,4 @@
-"""``unclip eval``: score a pipeline on a dataset split and write a report."""
+"""``unclip eval``: score one or several pipelines on a dataset split (or merge reports) and write a report."""
 
 from __future__ import annotations
 
@@ -16,19 +16,31 @@ EXAMPLES = """
   unclip eval --model emoji --data data/emoji64 --out reports/emoji --eval-encoder runs/clip-emoji-eval/final/encoder
   unclip eval --model runs/pipeline-shapes --data data/shapes32 --out reports/guidance \\
       --sweep decoder_guidance=1,2,4,8 --set decoder_steps=25
+  # unCLIP vs the GLIDE-style baseline over guidance scales, one report (paper §5.2, Figs. 9-11)
+  unclip eval --model shapes --label unCLIP --model runs/pipeline-shapes-glide --label GLIDE \\
+      --data data/shapes32 --out reports/unclip-vs-glide --images-per-prompt 4 --sweep decoder_guidance=1,2,3,5,8
+  # the same from two reports made earlier with the same prompts and seeds
+  unclip eval --combine reports/guidance-unclip reports/guidance-glide --label unCLIP --label GLIDE \\
+      --out reports/unclip-vs-glide
 """
 
 
 def register(subparsers) -> None:
-    p = add_command(subparsers, "eval", help="evaluate a pipeline: FID/KID, CLIP score, shapes accuracy, sweeps",
+    p = add_command(subparsers, "eval", help="evaluate pipelines: FID/KID, CLIP score, shapes accuracy, sweeps, comparisons",
                     description="Generate from held-out prompts of a dataset split and score the samples "
                                 "(FID/KID/precision/recall/density/coverage in EfficientNet-Lite0 features beside "
                                 "the real-vs-real baseline, diversity, CLIP score and R-precision with a separate "
                                 "evaluation encoder, shapes attribute accuracy). Writes report.md, report.html, "
-                                "metrics.json and image grids.",
+                                "metrics.json and image grids. Repeat --model (or --combine earlier reports) to "
+                                "compare pipelines over one sweep with curves and a diversity-fidelity plot.",
                     examples=EXAMPLES, func=run)
-    p.add_argument("--model", required=True, help="shipped model name or pipeline directory")
-    p.add_argument("--data", required=True, help="built dataset directory (prompts and real images)")
+    p.add_argument("--model", action="append", default=[],
+                   help="shipped model name or pipeline directory; repeat to compare several in one report")
+    p.add_argument("--label", action="append", default=[],
+                   help="name of each --model or --combine report in tables and plots (default: as given)")
+    p.add_argument("--combine", nargs="+", default=None, metavar="REPORT_DIR",
+                   help="compare existing report directories (same prompts and seeds) instead of generating")
+    p.add_argument("--data", default=None, help="built dataset directory (prompts and real images)")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--split", default="test", help="split to take prompts and real images from")
     p.add_argument("--baseline-split", default="val", help="second real split for the real-vs-real baseline")
@@ -50,26 +62,45 @@ def _parse_setting(item: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(raw)
 
 
-def run(args) -> int:
-    from unclip.encoders import load_encoder
-    from unclip.eval.evaluate import EvalConfig, evaluate_pipeline
-    from unclip.eval.report import write_report
-    from unclip.pipelines import load_pipeline
+def _parse_sweep(text: str | None) -> tuple[str, list] | None:
+    if not text:
+        return None
+    key, sep, raw = text.partition("=")
+    values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+    if not sep or not key.strip() or not values:
+        raise UnclipError(f"--sweep {text!r} must look like key=v1,v2 (e.g. decoder_guidance=1,3,5)")
+    return key.strip(), values
 
+
+def _check_args(args) -> list[str]:
+    """The label of each model; one-line errors for inconsistent options."""
+    if args.combine:
+        if args.model:
+            raise UnclipError("give either --model (generate and score) or --combine (merge reports), not both")
+        return []
+    if not args.model:
+        raise UnclipError("give --model NAME|DIR (repeat it to compare pipelines) or --combine REPORT_DIR ...")
+    if args.label and len(args.label) != len(args.model):
+        raise UnclipError(f"got {len(args.label)} --label for {len(args.model)} --model; give one per model or none")
+    labels = args.label or list(args.model)
+    if len(set(labels)) != len(labels):
+        raise UnclipError("two models have the same label; name them apart with --label")
+    if not args.data:
+        raise UnclipError("--data is required to generate (a built dataset, e.g. data/shapes32)")
     if not Path(args.data).exists():
         raise UnclipError(f"dataset not found: {args.data} (build one with 'unclip data build')")
-    settings = dict(_parse_setting(item) for item in args.settings)
-    sweep = None
-    if args.sweep:
-        key, sep, raw = args.sweep.partition("=")
-        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
-        if not sep or not values:
-            raise UnclipError(f"--sweep {args.sweep!r} must look like key=v1,v2 (e.g. decoder_guidance=1,3,5)")
-        sweep = (key.strip(), values)
-    pipe = load_pipeline(args.model, device=args.device)
-    eval_encoder = load_encoder(args.eval_encoder) if args.eval_encoder else None
+    return labels
+
+
+def _evaluate_model(pipe, args, settings: dict, sweep, eval_encoder):
+    """Rows of metrics (one per sweep value), the first run's samples, and a small grid per sweep value."""
+    import torch
+
+    from unclip.eval.evaluate import EvalConfig, evaluate_pipeline
+
     runs = [(None, settings)] if sweep is None else [(v, {**settings, sweep[0]: v}) for v in sweep[1]]
-    results, samples, prompts = [], None, []
+    rows, first, grid_images, grid_captions = [], None, [], []
+    keep = min(8, 2 * args.images_per_prompt)  # the first two prompts' images at each setting
     for value, run_settings in runs:
         if value is not None:
             print(f"{sweep[0]} = {value}", file=sys.stderr)
@@ -77,18 +108,49 @@ def run(args) -> int:
                             split=args.split, baseline_split=args.baseline_split, seed=args.seed,
                             settings=run_settings)
         try:
-            result, images, image_prompts = evaluate_pipeline(pipe, args.data, config, eval_encoder=eval_encoder,
-                                                              log=lambda m: print(m, file=sys.stderr))
+            result, images, prompts = evaluate_pipeline(pipe, args.data, config, eval_encoder=eval_encoder,
+                                                        log=lambda m: print(m, file=sys.stderr))
         except TypeError as exc:
             if "unexpected keyword" in str(exc):
                 raise UnclipError(f"unknown pipeline setting in --set/--sweep: {exc}") from None
             raise
-        results.append({**({sweep[0]: value} if sweep else {}), **result})
-        if samples is None:
-            samples, prompts = images, image_prompts
+        rows.append({**({sweep[0]: value} if sweep else {}), **result})
+        first = first or (images, prompts)
+        grid_images.append(images[:keep])
+        head = f"{sweep[0]}={value}: " if sweep else ""
+        grid_captions += [head + p for p in prompts[:keep]]
+    return rows, first, (torch.cat(grid_images), grid_captions)
+
+
+def run(args) -> int:
+    from unclip.encoders import load_encoder
+    from unclip.eval.compare import combine_reports, write_comparison
+    from unclip.eval.report import write_report
+    from unclip.pipelines import load_pipeline
+
+    labels = _check_args(args)
     command = "unclip " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else ""
-    report = write_report(Path(args.out), model=str(args.model), data=str(args.data), command=command,
-                          results=results, samples=samples, prompts=prompts, sweep=sweep)
+    if args.combine:
+        merged = combine_reports(args.combine, args.label)
+        report = write_comparison(Path(args.out), data=str(merged["data"]), commands=[*merged["commands"], command],
+                                  key=merged["key"], rows=merged["rows"])
+    else:
+        settings = dict(_parse_setting(item) for item in args.settings)
+        sweep = _parse_sweep(args.sweep)
+        eval_encoder = load_encoder(args.eval_encoder) if args.eval_encoder else None
+        all_rows, grids = [], {}
+        for model, label in zip(args.model, labels):
+            print(f"model {label}", file=sys.stderr)
+            pipe = load_pipeline(model, device=args.device)
+            rows, (samples, prompts), grids[label] = _evaluate_model(pipe, args, settings, sweep, eval_encoder)
+            all_rows += [{"model": label, **row} for row in rows]
+        if len(args.model) == 1:
+            report = write_report(Path(args.out), model=str(args.model[0]), data=str(args.data), command=command,
+                                  results=[{k: v for k, v in r.items() if k != "model"} for r in all_rows],
+                                  samples=samples, prompts=prompts, sweep=sweep, label=labels[0])
+        else:
+            report = write_comparison(Path(args.out), data=str(args.data), commands=[command],
+                                      key=sweep[0] if sweep else None, rows=all_rows, samples=grids)
     print(report.read_text(encoding="utf-8"))
     print(f"report written to {report}")
     return 0

@@ -13,6 +13,7 @@ A sweep re-runs the generation for each value of one pipeline setting.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -119,8 +120,10 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
     captions = split_captions(data, config.split)
     prompts = _choose_prompts(captions, config.num_prompts, config.seed)
     log(f"generating {len(prompts)} prompts x {config.images_per_prompt} images")
+    started = time.perf_counter()
     output = pipe(prompts, num_images_per_prompt=config.images_per_prompt, seed=config.seed, output_type="pt",
                   progress=False, batch_size=config.batch_size, **config.settings)
+    seconds = time.perf_counter() - started
     fake = output.images.float().cpu()
     fake_prompts = list(output.prompts)
     count = len(fake)
@@ -140,7 +143,9 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
     real_feats = image_features(real, extractor, size)
     fake_feats = image_features(fake, extractor, size)
     result: dict[str, Any] = {"n_generated": count, "n_real": len(real), "n_prompts": len(prompts),
-                              "image_size": int(fake.shape[-1])}
+                              "image_size": int(fake.shape[-1]), "seconds_per_image": seconds / count,
+                              "images_per_prompt": config.images_per_prompt, "seed": config.seed,
+                              "split": config.split, "settings": dict(config.settings)}
     result.update(_distribution_metrics(real_feats, fake_feats))
     if baseline is not None and len(baseline) >= 3:
         base_feats = image_features(baseline, extractor, size)

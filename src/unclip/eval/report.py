@@ -11,7 +11,7 @@ import torch
 
 from unclip.checkpoint import atomic_write, atomic_write_text
 
-__all__ = ["write_report", "plot_sweep", "METRIC_LABELS"]
+__all__ = ["write_report", "plot_sweep", "sample_grid", "to_html", "fmt", "METRIC_LABELS"]
 
 # (key, label, baseline key or None); only keys present in a result are shown.
 METRIC_LABELS = (
@@ -31,25 +31,28 @@ METRIC_LABELS = (
     ("shapes_size_acc", "shapes size ↑", None),
     ("shapes_seen_exact", "shapes exact, seen pairs ↑", None),
     ("shapes_withheld_exact", "shapes exact, withheld pairs ↑", None),
+    ("seconds_per_image", "sampling seconds per image (all stages)", None),
 )
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
 
 
 def _rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
-    return [(label, _fmt(result[key]), _fmt(result.get(base)) if base else "")
+    return [(label, fmt(result[key]), fmt(result.get(base)) if base else "")
             for key, label, base in METRIC_LABELS if key in result]
 
 
-def _sample_grid(images: torch.Tensor, prompts: Sequence[str], path: Path, limit: int = 32) -> None:
+def sample_grid(images: torch.Tensor, prompts: Sequence[str], path: Path, limit: int = 32,
+                columns: int | None = None) -> None:
+    """A captioned PNG grid of the first ``limit`` images."""
     from unclip.data.preview import caption_grid, tensor_to_pil
 
     pil = [tensor_to_pil(image) for image in images[:limit]]
-    grid = caption_grid(pil, list(prompts[:limit]))
+    grid = caption_grid(pil, list(prompts[:limit]), columns=columns)
     atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
 
 
@@ -72,15 +75,19 @@ def plot_sweep(key: str, values: Sequence[Any], results: Sequence[dict[str, Any]
 
 
 def write_report(out_dir: Path, *, model: str, data: str, command: str, results: Sequence[dict[str, Any]],
-                 samples: torch.Tensor, prompts: Sequence[str], sweep: tuple[str, Sequence[Any]] | None = None) -> Path:
-    """Write metrics.json, samples.png, (sweep.png), report.md and report.html into ``out_dir``."""
+                 samples: torch.Tensor, prompts: Sequence[str], sweep: tuple[str, Sequence[Any]] | None = None,
+                 label: str | None = None) -> Path:
+    """Write metrics.json, samples.png, (sweep.png), report.md and report.html into ``out_dir``.
+
+    ``label`` names this run when reports are later combined (``unclip eval --combine``).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"model": model, "data": data, "command": command, "results": list(results)}
+    payload = {"model": model, "label": label or model, "data": data, "command": command, "results": list(results)}
     if sweep:
         payload["sweep"] = {"key": sweep[0], "values": list(sweep[1])}
     atomic_write_text(out_dir / "metrics.json", json.dumps(payload, indent=2) + "\n")
-    _sample_grid(samples, prompts, out_dir / "samples.png")
+    sample_grid(samples, prompts, out_dir / "samples.png")
     lines = [f"# Evaluation of `{model}`", "", f"Data: `{data}`", "", "Reproduce with:", "",
              f"```\n{command}\n```", ""]
     if sweep:
@@ -89,7 +96,7 @@ def write_report(out_dir: Path, *, model: str, data: str, command: str, results:
         lines += [f"## Sweep over `{sweep[0]}`", "", "| " + " | ".join([sweep[0], *keys]) + " |",
                   "|" + "---|" * (len(keys) + 1)]
         for value, result in zip(sweep[1], results):
-            lines.append("| " + " | ".join([_fmt(value), *(_fmt(result[k]) for k in keys)]) + " |")
+            lines.append("| " + " | ".join([fmt(value), *(fmt(result[k]) for k in keys)]) + " |")
         lines += ["", "![sweep](sweep.png)", ""]
     else:
         result = results[0]
@@ -102,11 +109,11 @@ def write_report(out_dir: Path, *, model: str, data: str, command: str, results:
     lines += ["## Samples", "", "![samples](samples.png)", ""]
     markdown = "\n".join(lines)
     atomic_write_text(out_dir / "report.md", markdown)
-    atomic_write_text(out_dir / "report.html", _to_html(markdown))
+    atomic_write_text(out_dir / "report.html", to_html(markdown))
     return out_dir / "report.md"
 
 
-def _to_html(markdown: str) -> str:
+def to_html(markdown: str) -> str:
     """A minimal Markdown → HTML for our own reports (headings, tables, images, code)."""
     body, in_code, in_table = [], False, False
     for line in markdown.splitlines():
