@@ -107,6 +107,36 @@ def test_decoder_loss_uses_cfg_dropout(tiny_data):
     assert seen["image_embed"].shape == (4, 16) and seen["text_tokens"].shape[0] == 4
 
 
+def test_decoder_encoder_sees_the_full_image(tiny_data):
+    """encoder_image_size: z_i from the 32 px image, the diffusion target is its 16 px area-downsample."""
+    root, encoder_dir = tiny_data
+    from unclip.data import collate_samples
+
+    data = {"path": str(root), "encoder": str(encoder_dir), "image_size": 16, "encoder_image_size": 32}
+    stage = DecoderStage(_decoder_config(root, encoder_dir, data=data))
+    model = stage.build_model()
+    assert model.config.image_size == 16
+    dataset = stage.build_dataset("train")
+    batch = collate_samples([dataset[i] for i in range(4)])
+    assert batch["image"].shape[-1] == 32
+    seen = {}
+    encode = stage.encoder.encode_image
+    stage.encoder.encode_image = lambda images: seen.setdefault("size", images.shape[-1]) and encode(images)
+    original = model.forward
+
+    def spy(x, t, **kwargs):
+        seen["x"] = x.shape[-1]
+        return original(x, t, **kwargs)
+
+    model.forward = spy
+    loss, _ = stage.loss(model, batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and seen == {"size": 32, "x": 16}
+    small = stage.decoder_images(batch["image"])
+    assert torch.allclose(small[:, :, 0, 0], batch["image"][:, :, :2, :2].mean((-1, -2)), atol=1e-6)
+    with pytest.raises(UnclipError, match="encoder_image_size"):
+        _decoder_config(root, encoder_dir, data=dict(data, encoder_image_size=8))
+
+
 def test_decoder_stage_needs_an_encoder(tiny_data):
     root, _ = tiny_data
     stage = DecoderStage(_decoder_config(root, ""))

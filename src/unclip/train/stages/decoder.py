@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from unclip.checkpoint import atomic_write_text, save_model
 from unclip.config import to_dict
@@ -38,6 +39,11 @@ class DecoderData:
     encoder: str = ""            # a frozen encoder dir (unclip.encoders.load_encoder)
     image_size: int = 32         # decoder resolution
     val_split: str = "val"
+    # Side at which the frozen encoder sees each image (0: image_size). Set it to the encoder's training
+    # resolution when that is larger than the decoder's (e.g. 64 for a 32 px decoder on a 64 px CLIP):
+    # z_i then comes from the full image, as the prior's training embeddings do, and the decoder learns
+    # the area-downsampled image.
+    encoder_image_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class DecoderStageConfig:
         for name in ("drop_image", "drop_text"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
+        if self.data.encoder_image_size and self.data.encoder_image_size < self.data.image_size:
+            raise ValueError("data.encoder_image_size must be 0 or at least data.image_size")
         if self.conditioning == "text" and not self.text_tokens:
             raise ValueError("conditioning 'text' (GLIDE baseline) needs text_tokens: true")
 
@@ -97,6 +105,15 @@ class DecoderStage(ImageStage):
 
             self._encoder = load_encoder(self.config.data.encoder).eval().requires_grad_(False)
         return self._encoder
+
+    def image_size(self) -> int:
+        data = self.config.data
+        return data.encoder_image_size or data.image_size
+
+    def decoder_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The decoder's target: ``images`` area-downsampled to ``data.image_size`` when they are larger."""
+        size = self.config.data.image_size
+        return images if images.shape[-1] == size else F.interpolate(images, size=(size, size), mode="area")
 
     def setup(self, device: torch.device) -> None:
         self.encoder.to(device)
@@ -132,8 +149,9 @@ class DecoderStage(ImageStage):
 
     def loss(self, model, batch, generator):
         param = next(model.parameters())
-        images = batch["image"].to(param.device, param.dtype)
-        cond = self.conditions(images, list(batch["caption"]))
+        full = batch["image"].to(param.device, param.dtype)
+        cond = self.conditions(full, list(batch["caption"]))
+        images = self.decoder_images(full)
         empty = cond.pop("empty_caption", None)
         drop_image, drop_text = cfg_drop_masks(images.shape[0], self.config.drop_image, self.config.drop_text,
                                                generator=generator, device=images.device)
@@ -162,9 +180,10 @@ class DecoderStage(ImageStage):
             return {}
         samples = [dataset[i] for i in range(n)]
         param = next(model.parameters())
-        images = torch.stack([x["image"] for x in samples]).to(param.device, param.dtype)
+        full = torch.stack([x["image"] for x in samples]).to(param.device, param.dtype)
         captions = [x["caption"] for x in samples]
-        cond = self.conditions(images, captions)
+        cond = self.conditions(full, captions)
+        images = self.decoder_images(full)
         text = None
         if "text_tokens" in cond:
             text = _Text(cond.get("text_embed"), cond["text_tokens"], cond["text_mask"])
@@ -174,7 +193,7 @@ class DecoderStage(ImageStage):
                              guidance_scale=s.guidance_scale, sampler=s.sampler, steps=s.steps, generator=generator)
         out_dir = Path(out_dir)
         save_png(image_grid(to_pil(images) + to_pil(out), columns=n), out_dir / f"decoder_samples_{step:06d}.png")
-        real = self.encoder.encode_image(images).float()
+        real = cond["image_embed"] if "image_embed" in cond else self.encoder.encode_image(full).float()
         fake = self.encoder.encode_image(out).float()
         return {"clip_sim": float(torch.nn.functional.cosine_similarity(real, fake).mean())}
 
