@@ -45,7 +45,9 @@ def register(subparsers) -> None:
   unclip generate "a red circle" -n 4 --seed 0 --out grid.png
   unclip generate "a red circle" --model runs/pipeline-shapes -n 8 --out-dir samples/
   unclip generate "a smiling cat" --decoder-guidance 5 --prior-steps 50 --sampler ddpm
-  unclip generate "a blue square" --negative "a small shape" --out square.png""", func=_generate)
+  unclip generate "a blue square" --negative "a small shape" --out square.png
+  unclip generate "a red circle" --model shapes --image-embed-source text   # unCLIP §5.1 ablation""",
+                    func=_generate)
     p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
     p.add_argument("-n", "--num-images", type=int_in_range(1, 64), default=4, help="images per prompt")
     p.add_argument("--negative", "--negative-prompt", dest="negative", default=None,
@@ -53,6 +55,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="grid PNG to write (default: grid.png unless --out-dir)")
     p.add_argument("--out-dir", default=None, help="write one PNG per image plus generation.json here")
     p.add_argument("--columns", type=int_in_range(1, 64), default=None, help="grid columns")
+    p.add_argument("--image-embed-source", choices=("prior", "text", "none"), default=None,
+                   help="unCLIP only: the decoder's CLIP image embedding from the prior (default), the caption's "
+                        "CLIP text embedding, or none (the learned null embedding; caption tokens only)")
     _add_model_args(p)
 
     p = add_command(subparsers, "vary", help="variations of an image (unCLIP §3.1)",
@@ -155,8 +160,14 @@ def _generate(args) -> int:
     if out is None and out_dir is None:
         out = _png_path("grid.png")
     pipe = _load(args)
+    extra = _kwargs_for(pipe, _stage_kwargs(args))
+    if args.image_embed_source is not None:
+        if getattr(pipe, "kind", None) != "unclip":
+            raise UnclipError(f"--image-embed-source applies to unCLIP pipelines only, not {args.model} "
+                              f"({getattr(pipe, 'kind', type(pipe).__name__)})")
+        extra["image_embed_source"] = args.image_embed_source
     result = pipe(prompts, negative_prompt=args.negative, num_images_per_prompt=args.num_images, seed=args.seed,
-                  progress=not args.quiet, **_kwargs_for(pipe, _stage_kwargs(args)))
+                  progress=not args.quiet, **extra)
     written = []
     if out is not None:
         written.append(save_png(image_grid(result.images, columns=args.columns or args.num_images), out))

@@ -5,6 +5,14 @@ Inference-only glue (house rule 8): it composes an encoder (``unclip.encoders``)
 pure samplers of ``unclip.diffusion``. Without a prior the decoder must be the GLIDE-style text-only
 baseline (conditioned on the caption alone).
 
+Where the decoder's CLIP image embedding comes from (``image_embed_source``; paper §5.1, "Importance of
+the prior", Fig. 6 and Table 1's prior comparison): ``"prior"`` samples it from the prior (the default);
+``"text"`` uses the caption's CLIP text embedding as if it were an image embedding; ``"none"`` gives
+the decoder its learned null image embedding (the one classifier-free-guidance dropout trains), so only
+the caption tokens condition it. Guidance keeps its unconditional branch (null embedding, null or
+negative caption) in every mode. A pipeline with a prior still draws the prior's noise in the other
+modes, so one seed gives the same decoder noise in all three and the images differ only by z_i.
+
 Reproducibility: image i gets its own seed ``seeds[i]`` and its own ``torch.Generator``, from which its
 prior, decoder and upsampler starting noise are drawn in that order. With deterministic samplers (DDIM
 eta=0, DPM-Solver++) images are batched; with stochastic ones (DDPM, DDIM eta>0) each image is sampled
@@ -40,7 +48,7 @@ from unclip.pipelines.prior_adapter import PriorComponent, load_prior_component
 from unclip.pipelines.sampling import check_sampler, is_stochastic, sample_decoder, sample_upsampler
 from unclip.train.stages.decoder import write_component
 
-__all__ = ["UnCLIPPipeline", "Component", "assemble_unclip", "make_seeds", "DEFAULTS"]
+__all__ = ["UnCLIPPipeline", "Component", "assemble_unclip", "make_seeds", "DEFAULTS", "IMAGE_EMBED_SOURCES"]
 
 DEFAULTS = {
     "prior": {"steps": 25, "sampler": "ddim", "guidance_scale": 2.0},
@@ -48,6 +56,7 @@ DEFAULTS = {
     "upsampler": {"steps": 15, "sampler": "ddim"},
 }
 SEED_MAX = 2**31 - 1
+IMAGE_EMBED_SOURCES = ("prior", "text", "none")
 
 
 class Component:
@@ -175,33 +184,57 @@ class UnCLIPPipeline:
     def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
                  num_images_per_prompt: int = 1, seed: int | Sequence[int] | torch.Generator | None = None,
                  callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
-                 batch_size: int = 16, **stage_settings: Any) -> PipelineOutput:
+                 batch_size: int = 16, image_embed_source: str = "prior", **stage_settings: Any) -> PipelineOutput:
         """Generate ``num_images_per_prompt`` images per prompt.
 
         ``stage_settings``: ``prior_steps``, ``decoder_steps``, ``upsampler_steps``, ``prior_guidance``,
         ``decoder_guidance``, ``sampler`` (all stages) or ``prior_sampler``/``decoder_sampler``/
         ``upsampler_sampler``, ``eta`` (DDIM). ``callback(stage, step, total, x)`` after every step.
+        ``image_embed_source``: ``"prior"``, ``"text"`` or ``"none"`` (see the module docstring).
         """
         prompts = check_captions(prompts)
         if negative_prompt is not None and not str(negative_prompt).strip():
             negative_prompt = None
         if not 1 <= num_images_per_prompt <= 256:
             raise UnclipError(f"num_images_per_prompt must be in [1, 256], got {num_images_per_prompt}")
-        if not self._text_to_image:
-            raise UnclipError("this pipeline has no prior, so it cannot turn text into a CLIP image embedding; "
-                              "use variations/interpolate or assemble it with a prior")
+        self._check_image_embed_source(image_embed_source)
         settings = self.resolve_settings(**stage_settings)
+        if image_embed_source != "prior":
+            settings.pop("prior", None)  # the prior is not sampled
         image_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         seeds = make_seeds(seed, len(image_prompts))
         with torch.no_grad():
             text = self.encoder.encode_text(image_prompts)
             negative = self.encoder.encode_text([negative_prompt] * len(image_prompts)) if negative_prompt else None
             noise = self._noise(seeds, with_prior=self.prior is not None)
-            images = self._run(seeds, noise, settings, callback, progress, batch_size, text=text, negative=negative)
+            image_embed = self._fixed_image_embed(image_embed_source, text)
+            images = self._run(seeds, noise, settings, callback, progress, batch_size, text=text, negative=negative,
+                               image_embed=image_embed)
         info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
-                "stages": settings, "model": self.name}
+                "stages": settings, "model": self.name, "image_embed_source": image_embed_source}
         return PipelineOutput(images=self.format(images, output_type), seeds=seeds, prompts=image_prompts,
                               settings=info)
+
+    def _check_image_embed_source(self, source) -> None:
+        if source not in IMAGE_EMBED_SOURCES:
+            hint = " (YAML reads null as None: write image_embed_source=none)" if source is None else ""
+            raise UnclipError(f"image_embed_source must be 'prior', 'text' or 'none', got {source!r}{hint}")
+        if source != "prior" and not self.decoder.model.config.image_embed_dim:
+            raise UnclipError(f"image_embed_source={source!r} needs an unCLIP decoder, but this pipeline's decoder "
+                              "is text-only (GLIDE-style); use the default 'prior'")
+        if source == "prior" and not self._text_to_image:
+            raise UnclipError("this pipeline has no prior, so it cannot turn text into a CLIP image embedding; "
+                              "use image_embed_source='text' or 'none', variations/interpolate, or assemble it "
+                              "with a prior")
+
+    def _fixed_image_embed(self, source: str, text) -> torch.Tensor | None:
+        """z_i [N, D] for the prior-free modes (paper §5.1), or None when the prior (or no z_i) is used."""
+        if source == "text":  # the caption's CLIP text embedding stands in for the image embedding
+            return text.embed
+        if source == "none":  # the learned null embedding the decoder substitutes when z_i is dropped
+            null = self.decoder.model.null_image_embed.detach()
+            return null[None].expand(text.embed.shape[0], -1)
+        return None
 
     # --- shared machinery (also used by unclip.pipelines.manipulate) ------------------
     def _noise(self, seeds: list[int], *, with_prior: bool, decoder_noise: torch.Tensor | None = None):
