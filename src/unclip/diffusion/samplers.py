@@ -82,6 +82,22 @@ def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+def _denoise(model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusion, timesteps: list[int],
+             update: Callable[[int, torch.Tensor, Prediction, float, float], torch.Tensor], *,
+             callback: Callback | None, model_kwargs: Mapping[str, Any] | None, clip_denoised: bool,
+             dynamic_threshold: float | None) -> torch.Tensor:
+    """The loop DDPM and DDIM share: predict at each timestep, then ``update(i, x, pred, a_t, a_prev)``."""
+    alpha_bars = _alpha_bars(diffusion, timesteps)
+    x = x_T
+    for i, t in enumerate(timesteps):
+        pred = predict(model_fn, diffusion, x, t, model_kwargs=model_kwargs,
+                       clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+        x = update(i, x, pred, alpha_bars[i], alpha_bars[i + 1])
+        if callback is not None:
+            callback(i, len(timesteps), x, pred.x0)
+    return x
+
+
 @torch.no_grad()
 def ddpm_sample(
     model_fn: ModelFn,
@@ -104,30 +120,26 @@ def ddpm_sample(
     No noise is added on the last step.
     """
     timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
-    alpha_bars = _alpha_bars(diffusion, timesteps)
     betas = respaced_betas(diffusion.alphas_cumprod, timesteps).tolist()
-    total = len(timesteps)
-    x = x_T
-    for i, t in enumerate(timesteps):
-        pred = predict(model_fn, diffusion, x, t, model_kwargs=model_kwargs,
-                       clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
-        a_t, a_prev, beta = alpha_bars[i], alpha_bars[i + 1], betas[i]
+
+    def update(i: int, x: torch.Tensor, pred: Prediction, a_t: float, a_prev: float) -> torch.Tensor:
+        beta = betas[i]
         coef_x0 = math.sqrt(a_prev) * beta / (1 - a_t)
         coef_xt = math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)
         x_next = coef_x0 * pred.x0 + coef_xt * x
-        if i < total - 1:
-            small = (1 - a_prev) / (1 - a_t) * beta
-            if pred.variance_values is not None:
-                frac = (pred.variance_values + 1) / 2
-                log_var = frac * math.log(beta) + (1 - frac) * math.log(max(small, 1e-20))
-                std = torch.exp(0.5 * log_var)
-            else:
-                std = math.sqrt(small)
-            x_next = x_next + std * _randn(x, generator)
-        x = x_next
-        if callback is not None:
-            callback(i, total, x, pred.x0)
-    return x
+        if i == len(timesteps) - 1:
+            return x_next
+        small = (1 - a_prev) / (1 - a_t) * beta
+        if pred.variance_values is not None:
+            frac = (pred.variance_values + 1) / 2
+            log_var = frac * math.log(beta) + (1 - frac) * math.log(max(small, 1e-20))
+            std = torch.exp(0.5 * log_var)
+        else:
+            std = math.sqrt(small)
+        return x_next + std * _randn(x, generator)
+
+    return _denoise(model_fn, x_T, diffusion, timesteps, update, callback=callback, model_kwargs=model_kwargs,
+                    clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
 
 
 @torch.no_grad()
@@ -151,20 +163,14 @@ def ddim_sample(
     if eta < 0:
         raise UnclipError(f"eta must be >= 0, got {eta}")
     timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
-    alpha_bars = _alpha_bars(diffusion, timesteps)
-    total = len(timesteps)
-    x = x_T
-    for i, t in enumerate(timesteps):
-        pred = predict(model_fn, diffusion, x, t, model_kwargs=model_kwargs,
-                       clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
-        a_t, a_prev = alpha_bars[i], alpha_bars[i + 1]
+
+    def update(i: int, x: torch.Tensor, pred: Prediction, a_t: float, a_prev: float) -> torch.Tensor:
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
         x = math.sqrt(a_prev) * pred.x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * pred.eps
-        if sigma > 0:
-            x = x + sigma * _randn(x, generator)
-        if callback is not None:
-            callback(i, total, x, pred.x0)
-    return x
+        return x + sigma * _randn(x, generator) if sigma > 0 else x
+
+    return _denoise(model_fn, x_T, diffusion, timesteps, update, callback=callback, model_kwargs=model_kwargs,
+                    clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
 
 
 @torch.no_grad()
