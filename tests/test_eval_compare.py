@@ -33,7 +33,7 @@ def _common(root, out):
 def test_two_pipelines_over_one_sweep_in_one_report(setup):
     out = setup / "cmp"
     code = main(["eval", "--model", str(setup / "unclip"), "--label", "unCLIP", "--model", str(setup / "glide"),
-                 "--label", "GLIDE", *_common(setup, out)])
+                 "--label", "GLIDE", "--decoder-diversity", *_common(setup, out)])
     assert code == 0
     payload = json.loads((out / "metrics.json").read_text())
     rows = payload["results"]
@@ -43,6 +43,9 @@ def test_two_pipelines_over_one_sweep_in_one_report(setup):
     for row in rows:
         assert row["n_generated"] == 6 and row["diversity"] > 0 and row["seconds_per_image"] > 0
         assert "fid" in row and "shapes_exact" in row
+        assert "real_diversity" not in row  # every test caption of the tiny set is unique
+    # the decoder's own diversity needs a CLIP image embedding to hold fixed: unCLIP only
+    assert [r["decoder_diversity"] is None for r in rows] == [False, False, True, True]
     # different pipelines (and guidance scales) give different samples, so different scores
     assert len({round(r["diversity"], 6) for r in rows}) == 4
     for name in ("curves.png", "tradeoff.png", "samples-0.png", "samples-1.png"):
@@ -67,6 +70,24 @@ def test_combined_reports_reproduce_the_live_comparison(setup):
         for key in ("fid", "diversity", "shapes_exact"):
             assert alone[value][key] == pytest.approx(live[value][key], rel=1e-5), (value, key)
     assert (out / "tradeoff.png").read_bytes()[:4] == PNG
+
+
+def test_real_images_grouped_by_caption(tmp_path):
+    from PIL import Image
+
+    from unclip.data.built import DatasetWriter
+    from unclip.eval.evaluate import _real_by_caption
+
+    colours = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+    with DatasetWriter(tmp_path / "d", name="toy", image_size=8, build={}) as writer:
+        for i in range(3):
+            for name, rgb in colours.items():
+                writer.add(Image.new("RGB", (8, 8), tuple(c // (i + 1) for c in rgb)), f"a {name} square", "test")
+        writer.add(Image.new("RGB", (8, 8), "white"), "a red square", "train")
+    groups = _real_by_caption(tmp_path / "d", "test", ["a red square", "a green square"], limit=2)
+    assert list(groups) == ["a red square"] and len(groups["a red square"]) == 2
+    first, second = groups["a red square"]
+    assert first[0].mean() == 1.0 and second[0].mean() < 1.0  # red, then the darker red of row 2
 
 
 def _fake_report(path, label, seed=0, key="decoder_guidance"):

@@ -51,6 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="pipeline setting, e.g. decoder_steps=25, decoder_guidance=3, sampler=dpm++2m")
     p.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...", help="re-run for each value of one setting")
+    p.add_argument("--decoder-diversity", action="store_true",
+                   help="also measure the decoder's own diversity: variations of one real image per prompt "
+                        "(fixed CLIP image embedding, unCLIP decoders only)")
     p.add_argument("--seed", type=int_in_range(0, 2**31 - 1), default=0)
     p.add_argument("--device", default="cpu")
 
@@ -106,7 +109,7 @@ def _evaluate_model(pipe, args, settings: dict, sweep, eval_encoder):
             print(f"{sweep[0]} = {value}", file=sys.stderr)
         config = EvalConfig(num_prompts=args.num_prompts, images_per_prompt=args.images_per_prompt,
                             split=args.split, baseline_split=args.baseline_split, seed=args.seed,
-                            settings=run_settings)
+                            decoder_diversity=args.decoder_diversity, settings=run_settings)
         try:
             result, images, prompts = evaluate_pipeline(pipe, args.data, config, eval_encoder=eval_encoder,
                                                         log=lambda m: print(m, file=sys.stderr))

@@ -37,7 +37,7 @@ CURVE_METRICS = (
     ("diversity", "diversity ↑"),
     ("seconds_per_image", "seconds per image"),
 )
-TABLE_EXTRA = (("kid", "KID ↓"), ("precision", "precision ↑"), ("recall", "recall ↑"),
+TABLE_EXTRA = (("real_diversity", "real diversity"), ("decoder_diversity", "decoder-only diversity"), ("kid", "KID ↓"), ("precision", "precision ↑"), ("recall", "recall ↑"),
                ("r_precision", "R-precision ↑"), ("shapes_withheld_exact", "exact, withheld ↑"))
 # The run must match on these for a comparison to use the same prompts, seeds and reference images.
 MUST_MATCH = ("seed", "n_prompts", "images_per_prompt", "split", "n_real")
@@ -50,8 +50,9 @@ def _by_model(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return groups
 
 
-def _present(rows: Sequence[dict[str, Any]], metrics) -> list[tuple[str, str]]:
-    return [(key, label) for key, label in metrics if all(row.get(key) is not None for row in rows)]
+def _present(rows: Sequence[dict[str, Any]], metrics, every: bool = True) -> list[tuple[str, str]]:
+    test = all if every else any
+    return [(key, label) for key, label in metrics if test(row.get(key) is not None for row in rows)]
 
 
 def _pyplot():
@@ -78,11 +79,26 @@ def plot_curves(key: str, rows: Sequence[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(shown), figsize=(3.1 * len(shown), 2.9), squeeze=False)
     for ax, (metric, label) in zip(axes[0], shown):
         for model, group in _by_model(rows).items():
-            ax.plot([r[key] for r in group], [r[metric] for r in group], marker="o", label=model)
+            line, = ax.plot([r[key] for r in group], [r[metric] for r in group], marker="o", label=model)
+            if metric == "diversity":
+                _diversity_extras(ax, key, model, group, line.get_color())
         ax.set_xlabel(key)
         ax.set_title(label, fontsize=9)
     axes[0][0].legend(fontsize=8)
+    for ax, (metric, _) in zip(axes[0], shown):
+        if metric == "diversity" and ax is not axes[0][0]:
+            ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def _diversity_extras(ax, key: str, model: str, group: Sequence[dict[str, Any]], color) -> None:
+    """Dashed: the decoder-only diversity (fixed z_i); dotted grey: real images sharing a caption."""
+    decoder = [(r[key], r["decoder_diversity"]) for r in group if r.get("decoder_diversity") is not None]
+    if decoder:
+        ax.plot(*zip(*decoder), linestyle="--", marker="x", color=color, label=f"{model}, decoder only")
+    real = [r["real_diversity"] for r in group if r.get("real_diversity") is not None]
+    if real and not any(line.get_label() == "real images" for line in ax.get_lines()):
+        ax.axhline(sum(real) / len(real), color="grey", linestyle=":", linewidth=1, label="real images")
 
 
 def plot_tradeoff(key: str, rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -107,11 +123,11 @@ def plot_tradeoff(key: str, rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 def comparison_table(key: str | None, rows: Sequence[dict[str, Any]]) -> list[str]:
     """A Markdown table, one row per (model, setting)."""
-    columns = _present(rows, CURVE_METRICS + TABLE_EXTRA)
+    columns = _present(rows, CURVE_METRICS + TABLE_EXTRA, every=False)
     head = ["model"] + ([key] if key else []) + [label for _, label in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [str(row["model"])] + ([fmt(row[key])] if key else []) + [fmt(row[k]) for k, _ in columns]
+        cells = [str(row["model"])] + ([fmt(row[key])] if key else []) + [fmt(row.get(k)) for k, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -4,7 +4,9 @@ For one pipeline and one dataset split this computes, side by side with the
 real-vs-real baseline at the same sample size:
 FID / KID / precision / recall / density / coverage in EfficientNet-Lite0
 features (``unclip.eval.metrics``), diversity (mean pairwise feature distance
-among one prompt's samples), CLIP score and R-precision by a separate
+among one prompt's samples, beside the same among real images sharing one
+caption, and optionally the decoder's own share: variations of one real image,
+paper §3.1), CLIP score and R-precision by a separate
 evaluation encoder (``unclip.eval.clip_metrics``), and, on the shapes dataset,
 attribute accuracy by the independent judge (``unclip.eval.shapes_checker``).
 A sweep re-runs the generation for each value of one pipeline setting.
@@ -41,6 +43,7 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 16
     feature_size: int = 128          # images are resized to this side for EfficientNet features
+    decoder_diversity: bool = False  # also measure the decoder's own diversity (variations of a real image)
     settings: dict[str, Any] = field(default_factory=dict)  # pipeline settings (steps, guidance, sampler)
 
     def __post_init__(self):
@@ -155,6 +158,12 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
     if config.images_per_prompt >= 2:
         per_prompt = fake_feats.reshape(len(prompts), config.images_per_prompt, -1)
         result["diversity"] = float(np.mean([metrics.mean_pairwise_distance(f) for f in per_prompt]))
+        by_caption = _real_by_caption(data, config.split, prompts, config.images_per_prompt)
+        real_groups = [image_features(torch.stack(v), extractor, size) for v in by_caption.values() if len(v) >= 2]
+        if real_groups:
+            result["real_diversity"] = float(np.mean([metrics.mean_pairwise_distance(f) for f in real_groups]))
+        if config.decoder_diversity:
+            result["decoder_diversity"] = _decoder_diversity(pipe, by_caption, config, extractor)
     if eval_encoder is not None:
         result.update(_clip_metrics(eval_encoder, fake, fake_prompts, captions, config.seed))
     shapes = _shapes_accuracy(fake, fake_prompts)
@@ -185,3 +194,35 @@ def _shapes_accuracy(images: torch.Tensor, prompts: list[str]) -> dict[str, floa
     from unclip.eval.shapes_checker import score_images
 
     return {f"shapes_{k}": v for k, v in score_images(list(images), prompts).items()}
+
+
+def _real_by_caption(data: str | Path, split: str, prompts: list[str], limit: int) -> dict[str, list[torch.Tensor]]:
+    """Up to ``limit`` real images [3,H,W] of ``split`` for each prompt that is one of its captions."""
+    dataset = open_dataset(data, split=split)
+    wanted = set(prompts)
+    found: dict[str, list[torch.Tensor]] = {}
+    rows = getattr(dataset, "rows", None)
+    indices = range(len(dataset)) if rows is None else [i for i, r in enumerate(rows) if r["caption"] in wanted]
+    for index in indices:
+        sample = dataset[index]
+        group = found.setdefault(sample["caption"], []) if sample["caption"] in wanted else None
+        if group is not None and len(group) < limit:
+            group.append(sample["image"])
+    return found
+
+
+def _decoder_diversity(pipe, by_caption: dict[str, list[torch.Tensor]], config: EvalConfig, extractor) -> float | None:
+    """Diversity the decoder adds alone: ``images_per_prompt`` variations (paper §3.1) of one real image
+    per prompt, i.e. one fixed CLIP image embedding z_i decoded from different noise."""
+    from unclip.pipelines.manipulate import variations
+
+    if not getattr(pipe.decoder.model.config, "image_embed_dim", 0):
+        return None  # a text-only (GLIDE-style) decoder has no z_i to hold fixed
+    settings = {k: v for k, v in config.settings.items() if not k.startswith("prior_")}
+    scores = []
+    for offset, images in enumerate(by_caption.values()):
+        out = variations(pipe, images[0], num_images=config.images_per_prompt, seed=config.seed + 1000 * offset,
+                         progress=False, output_type="pt", **settings)
+        feats = image_features(out.images.float().cpu(), extractor, config.feature_size)
+        scores.append(metrics.mean_pairwise_distance(feats))
+    return float(np.mean(scores)) if scores else None

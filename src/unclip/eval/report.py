@@ -22,6 +22,8 @@ METRIC_LABELS = (
     ("density", "density ↑", "baseline_density"),
     ("coverage", "coverage ↑", "baseline_coverage"),
     ("diversity", "diversity (mean pairwise feature distance)", None),
+    ("real_diversity", "diversity of real images sharing a caption", None),
+    ("decoder_diversity", "decoder-only diversity (variations of one real image)", None),
     ("clip_score", "CLIP score (eval CLIP) ↑", None),
     ("r_precision", "R-precision @100 (eval CLIP) ↑", None),
     ("shapes_exact", "shapes exact match ↑", None),
