@@ -5,13 +5,10 @@ Inference-only glue (house rule 8): it composes an encoder (``unclip.encoders``)
 pure samplers of ``unclip.diffusion``. Without a prior the decoder must be the GLIDE-style text-only
 baseline (conditioned on the caption alone).
 
-Where the decoder's CLIP image embedding comes from (``image_embed_source``; paper §5.1, "Importance of
-the prior", Fig. 6 and Table 1's prior comparison): ``"prior"`` samples it from the prior (the default);
-``"text"`` uses the caption's CLIP text embedding as if it were an image embedding; ``"none"`` gives
-the decoder its learned null image embedding (the one classifier-free-guidance dropout trains), so only
-the caption tokens condition it. Guidance keeps its unconditional branch (null embedding, null or
-negative caption) in every mode. A pipeline with a prior still draws the prior's noise in the other
-modes, so one seed gives the same decoder noise in all three and the images differ only by z_i.
+``image_embed_source`` (paper §5.1, "Importance of the prior"): the decoder's z_i is sampled by the
+prior (``"prior"``, default), is the caption's CLIP text embedding (``"text"``), or is the decoder's
+learned null embedding, leaving only the caption tokens (``"none"``). Guidance keeps its unconditional
+branch in every mode, and the prior's noise is drawn in every mode, so one seed gives one decoder noise.
 
 Reproducibility: image i gets its own seed ``seeds[i]`` and its own ``torch.Generator``, from which its
 prior, decoder and upsampler starting noise are drawn in that order. With deterministic samplers (DDIM
