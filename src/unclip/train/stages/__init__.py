@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     "upsampler": "unclip.train.stages.upsampler:UpsamplerStage",
     "vq": "unclip.train.stages.vq:VQStage",
     "clipvq": "unclip.train.stages.clipvq:ClipVQStage",
+    "distill": "unclip.train.stages.distill:DistillStage",
 }
 
 

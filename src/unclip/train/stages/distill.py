@@ -1,0 +1,299 @@
+"""Training stage ``distill``: progressive distillation of a trained decoder into a few-step DDIM sampler.
+
+Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion Models" (arXiv 2202.00512),
+Algorithm 2. The student starts as a copy of the teacher (an exported decoder component). In a round
+with N student steps, each training example draws x from the data, a point t of the student's N-step
+grid and z_t ~ q(z_t | x); two deterministic DDIM steps of the teacher, t → t' → t'' (§3, the 2N grid),
+give z_{t''}, and the target x̃ is the x-prediction that takes z_t to z_{t''} in ONE DDIM step (Alg. 2):
+
+    x̃ = (z_{t''} - (σ_{t''}/σ_t) z_t) / (α_{t''} - (σ_{t''}/σ_t) α_t),   α² = alpha_bar, σ² = 1 - alpha_bar
+
+The loss is the truncated-SNR weighted error max(SNR_t, 1) ||x̃ - x̂||² (§4, "truncated SNR weighting").
+After each round the teacher becomes a frozen copy of the student and N halves, so ``rounds`` rounds
+starting at ``student_steps`` end with a decoder for ``student_steps / 2^(rounds-1)`` DDIM steps.
+
+Grids: the student's N-step grid is exactly ``sampling_timesteps(T, N)`` (what the ``ddim`` sampler
+visits, ``trailing`` spacing, then alpha_bar = 1 after the last point), and the teacher's midpoints come
+from ``sampling_timesteps(T, 2N)``; the 2N grid must contain the N grid at its even positions, which
+``nested_grids`` checks. Trailing spacing nests for every power-of-two N on T = 1000 but not for every
+N (rounding of T/N: N = 48 fails), hence the check.
+
+Classifier-free guidance: teacher and student get the same (possibly dropped, rates ``drop_image`` /
+``drop_text``) conditioning, so both the conditional and the unconditional branch are distilled and the
+guidance scale stays adjustable at sampling. (Meng et al. 2023, arXiv 2210.03142, distil a guided
+teacher into a student that takes the scale as input instead.)
+
+The stage reuses the decoder stage's data, frozen encoder and conditioning (``DecoderStage``), and its
+export is a normal decoder component with ``distilled`` and ``sample.steps = N_final`` in component.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from unclip.checkpoint import load_model, read_metadata
+from unclip.config import from_dict
+from unclip.diffusion.gaussian import GaussianDiffusion, expand, output_to_x0_eps
+from unclip.diffusion.schedule import DiffusionConfig, sampling_timesteps
+from unclip.errors import UnclipError
+from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
+from unclip.train.config import TrainConfig
+from unclip.train.stage import Stage
+from unclip.train.stages.decoder import DecoderData, DecoderStage, DecoderStageConfig, SampleSettings, write_component
+
+__all__ = ["DistillData", "DistillSettings", "DistillStageConfig", "DistillStage", "DistillPair",
+           "nested_grids", "teacher_ddim_target", "find_teacher"]
+
+
+@dataclass(frozen=True)
+class DistillData:
+    path: str = "data/shapes"    # the teacher's training data (a built dataset dir, folder or shards)
+    encoder: str = ""            # frozen encoder dir; empty: the one recorded in the teacher's component.json
+    val_split: str = "val"
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    teacher: str = ""            # exported decoder: component dir (model.safetensors + component.json) or run dir
+    student_steps: int = 32      # N of the first round; its teacher takes 2N DDIM steps
+    rounds: int = 3              # N, N/2, ..., N/2^(rounds-1) = the distilled decoder's steps
+    steps_per_round: int = 500   # optimiser steps per round; train.steps must be rounds * steps_per_round
+    clip_denoised: bool = True   # clip the teacher's x0 to [-1, 1] as the pipeline's sampler does
+
+    def __post_init__(self):
+        if self.student_steps < 1 or self.rounds < 1 or self.steps_per_round < 1:
+            raise ValueError("distill.student_steps, distill.rounds and distill.steps_per_round must be >= 1")
+        if self.student_steps % 2 ** (self.rounds - 1):
+            raise ValueError(f"student_steps={self.student_steps} cannot be halved {self.rounds - 1} times; "
+                             f"use a multiple of {2 ** (self.rounds - 1)} or fewer rounds")
+
+    @property
+    def final_steps(self) -> int:
+        return self.student_steps // 2 ** (self.rounds - 1)
+
+
+@dataclass(frozen=True)
+class DistillStageConfig:
+    data: DistillData = field(default_factory=DistillData)
+    distill: DistillSettings = field(default_factory=DistillSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    drop_image: float = 0.1      # CFG dropout, as the decoder stage (unCLIP §2.2)
+    drop_text: float = 0.5
+
+    def __post_init__(self):
+        for name in ("drop_image", "drop_text"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        total = self.distill.rounds * self.distill.steps_per_round
+        if self.train.steps != total:
+            raise ValueError(f"train.steps={self.train.steps} must equal distill.rounds x distill.steps_per_round "
+                             f"= {total}; set train.steps={total}")
+
+
+def find_teacher(path: str | Path) -> Path:
+    """The decoder component folder in ``path`` (itself, ``decoder/`` or ``final/decoder/``)."""
+    if not str(path):
+        raise UnclipError("distillation needs a teacher: set distill.teacher=PATH (an exported decoder, "
+                          "e.g. runs/decoder-shapes32/final/decoder)")
+    path = Path(path)
+    for candidate in (path, path / "decoder", path / "final" / "decoder"):
+        if (candidate / "model.safetensors").is_file() and (candidate / "component.json").is_file():
+            return candidate
+    raise UnclipError(f"no exported decoder at distill.teacher={path} (need model.safetensors + component.json "
+                      "in it, decoder/ or final/decoder/); train one with 'unclip train decoder'")
+
+
+def nested_grids(num_timesteps: int, steps: int) -> tuple[list[int], list[int]]:
+    """(student grid, teacher grid): the descending timesteps ``ddim`` visits with ``steps`` and 2 * ``steps``.
+
+    Raises ``UnclipError`` unless the teacher grid holds the student grid at its even positions, so
+    that two teacher steps from a student point land exactly on the next student point.
+    """
+    if 2 * steps > num_timesteps:
+        raise UnclipError(f"distill.student_steps={steps} needs a teacher with 2x as many steps but the "
+                          f"schedule has only {num_timesteps} timesteps; lower distill.student_steps")
+    student = sampling_timesteps(num_timesteps, steps)
+    teacher = sampling_timesteps(num_timesteps, 2 * steps)
+    if teacher[0::2] != student:
+        raise UnclipError(f"the {2 * steps}-step DDIM grid does not contain the {steps}-step grid on "
+                          f"{num_timesteps} timesteps; use power-of-two distill.student_steps")
+    return student, teacher
+
+
+def _ddim_step(model_fn, diffusion: GaussianDiffusion, z: torch.Tensor, t: torch.Tensor, a_t: torch.Tensor,
+               a_next: torch.Tensor, model_kwargs: dict, clip_denoised: bool) -> torch.Tensor:
+    """One deterministic DDIM step (Song et al. 2021 eq. 12, eta = 0) with per-sample t [B], alpha_bars [B,1,..]."""
+    mean_out, _ = diffusion.split_output(model_fn(z, t, **model_kwargs))
+    x0, eps = output_to_x0_eps(diffusion.config.prediction, mean_out, z, a_t)
+    if clip_denoised:  # as unclip.diffusion.samplers.predict: clip x0, recompute eps from it
+        x0 = x0.clamp(-1, 1)
+        eps = (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    return a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+
+
+@torch.no_grad()
+def teacher_ddim_target(teacher_fn, diffusion: GaussianDiffusion, z_t: torch.Tensor, index: torch.Tensor,
+                        student_grid: list[int], teacher_grid: list[int], *, model_kwargs: dict | None = None,
+                        clip_denoised: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alg. 2's target x̃ [B, C, H, W] and z_{t''} for samples z_t at student-grid positions ``index`` [B].
+
+    Two teacher DDIM steps t = teacher_grid[2i] → t' = teacher_grid[2i+1] → t'' = student_grid[i+1]
+    (alpha_bar = 1 after the last point), then x̃ solves z_{t''} = α'' x̃ + σ'' (z_t - α_t x̃) / σ_t.
+    """
+    kwargs = model_kwargs or {}
+    acp = torch.cat([diffusion.alphas_cumprod, torch.ones(1, dtype=torch.float64)])   # [T + 1]; T = clean
+    clean = diffusion.num_timesteps
+    idx = index.detach().cpu().long()
+    t = torch.tensor(teacher_grid)[2 * idx]
+    t_mid = torch.tensor(teacher_grid)[2 * idx + 1]
+    t_next = torch.tensor(student_grid + [clean])[idx + 1]
+    a_t, a_mid, a_next = (expand(acp[s], z_t) for s in (t, t_mid, t_next))
+    device = z_t.device
+    z_mid = _ddim_step(teacher_fn, diffusion, z_t, t.to(device), a_t, a_mid, kwargs, clip_denoised)
+    z_next = _ddim_step(teacher_fn, diffusion, z_mid, t_mid.to(device), a_mid, a_next, kwargs, clip_denoised)
+    ratio = ((1 - a_next) / (1 - a_t)).sqrt()                                         # σ'' / σ_t
+    x_target = (z_next - ratio * z_t) / (a_next.sqrt() - ratio * a_t.sqrt())
+    return x_target, z_next
+
+
+class DistillPair(torch.nn.Module):
+    """What the engine trains: ``student`` (trainable UNet) and ``teacher`` (frozen UNet).
+
+    Both, and the distillation position (``micro_steps`` = loss calls so far, ``round``), are in the
+    state dict, so checkpoints resume mid-round with the right teacher. Only ``student`` is exported.
+    """
+
+    def __init__(self, student: UNet, teacher: UNet):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.requires_grad_(False)
+        self.register_buffer("micro_steps", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("round", torch.zeros(1, dtype=torch.long))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, x, t, **kwargs):
+        return self.student(x, t, **kwargs)
+
+
+class DistillStage(Stage):
+    name = "distill"
+    config_class = DistillStageConfig
+
+    def __init__(self, config: DistillStageConfig):
+        super().__init__(config)
+        self.teacher_dir = find_teacher(config.distill.teacher)
+        self.teacher_info = json.loads((self.teacher_dir / "component.json").read_text(encoding="utf-8"))
+        if self.teacher_info.get("role", "decoder") != "decoder":
+            raise UnclipError(f"{self.teacher_dir} is a {self.teacher_info['role']}, not a decoder; "
+                              "set distill.teacher to a decoder component")
+        self.diffusion = GaussianDiffusion(from_dict(DiffusionConfig, self.teacher_info.get("diffusion", {})))
+        nested_grids(self.diffusion.num_timesteps, config.distill.student_steps)  # fail before training
+        self._decoder: DecoderStage | None = None
+
+    @property
+    def decoder(self) -> DecoderStage:
+        """The teacher's decoder stage (data, frozen encoder, conditioning), built from component.json."""
+        if self._decoder is None:
+            cfg, info = self.config, self.teacher_info
+            meta = read_metadata(self.teacher_dir / "model.safetensors")
+            teacher_config = from_dict(UNetConfig, json.loads(meta["config"]))
+            data = DecoderData(path=cfg.data.path, encoder=cfg.data.encoder or str(info.get("encoder", "")),
+                               image_size=int(info.get("image_size", teacher_config.image_size)),
+                               val_split=cfg.data.val_split)
+            sample = from_dict(SampleSettings, info.get("sample", {}))
+            self._decoder = DecoderStage(DecoderStageConfig(
+                data=data, model=teacher_config, diffusion=self.diffusion.config, train=cfg.train,
+                conditioning=info.get("conditioning", "unclip"), text_tokens=teacher_config.text_token_dim > 0,
+                drop_image=cfg.drop_image, drop_text=cfg.drop_text,
+                sample=dataclasses.replace(sample, sampler="ddim", steps=cfg.distill.student_steps)))
+        return self._decoder
+
+    def _load_teacher(self) -> UNet:
+        return load_model(self.teacher_dir / "model.safetensors", expected=UNet, dtype=torch.float32)
+
+    # --- what to train ----------------------------------------------------------
+    def setup(self, device: torch.device) -> None:
+        self.decoder.setup(device)
+
+    def build_model(self) -> torch.nn.Module:
+        teacher = self._load_teacher()
+        return DistillPair(student=copy.deepcopy(teacher).train().requires_grad_(True), teacher=teacher)
+
+    def build_dataset(self, split: str):
+        return self.decoder.build_dataset(split)
+
+    def collate(self, samples):
+        return self.decoder.collate(samples)
+
+    def round_steps(self, pair: DistillPair) -> int:
+        """Student steps N of the round ``pair`` last trained (or is in)."""
+        return self.config.distill.student_steps // 2 ** int(pair.round)
+
+    def _advance(self, pair: DistillPair) -> int:
+        """Count this loss call; at a round boundary the teacher becomes the student. Returns N."""
+        d = self.config.distill
+        per_round = d.steps_per_round * self.config.train.grad_accum
+        current = min(int(pair.micro_steps) // per_round, d.rounds - 1)
+        if current != int(pair.round):
+            with torch.no_grad():
+                pair.teacher.load_state_dict(pair.student.state_dict())
+            pair.round.fill_(current)
+        pair.micro_steps += 1
+        return self.round_steps(pair)
+
+    def loss(self, model: DistillPair, batch, generator):
+        return self.distill_loss(model, batch, generator, self._advance(model))
+
+    def distill_loss(self, model: DistillPair, batch, generator, steps: int):
+        """Alg. 2 loss of ``model.student`` against ``model.teacher`` for an N = ``steps`` student."""
+        student_grid, teacher_grid = nested_grids(self.diffusion.num_timesteps, steps)
+        param = next(model.student.parameters())
+        images = batch["image"].to(param.device, param.dtype)                     # x: [B, 3, H, W]
+        cond = self.decoder.conditions(images, list(batch["caption"]))
+        empty = cond.pop("empty_caption", None)
+        drop_image, drop_text = cfg_drop_masks(images.shape[0], self.config.drop_image, self.config.drop_text,
+                                               generator=generator, device=images.device)
+        if empty is not None:
+            drop_text = drop_text | empty
+        kwargs = dict(cond, drop_image=drop_image, drop_text=drop_text)           # same for teacher and student
+        index = torch.randint(0, steps, (images.shape[0],), generator=generator, device=images.device)
+        t = torch.tensor(student_grid, device=images.device)[index]
+        noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        z_t = self.diffusion.q_sample(images, t, noise)
+        x_target, _ = teacher_ddim_target(model.teacher, self.diffusion, z_t, index, student_grid, teacher_grid,
+                                          model_kwargs=kwargs, clip_denoised=self.config.distill.clip_denoised)
+        mean_out, _ = self.diffusion.split_output(model.student(z_t, t, **kwargs))
+        a_t = self.diffusion.alpha_bar(t, z_t)
+        x_pred, _ = output_to_x0_eps(self.diffusion.config.prediction, mean_out, z_t, a_t)
+        weight = torch.clamp(a_t / (1 - a_t), min=1.0)                            # max(SNR, 1)
+        error = (x_pred - x_target.to(x_pred.dtype)) ** 2
+        loss = (weight * error).mean()
+        return loss, {"steps": float(steps), "x_mse": float(error.detach().mean())}
+
+    # --- evaluation and export ------------------------------------------------------
+    def evaluate(self, model: DistillPair, out_dir: Path, step: int) -> dict[str, float]:
+        """The decoder stage's grid and ``clip_sim`` with the student at the current round's steps."""
+        inner = copy.copy(self.decoder)
+        inner.config = dataclasses.replace(inner.config, sample=dataclasses.replace(
+            inner.config.sample, steps=self.round_steps(model)))
+        metrics = inner.evaluate(model.student, out_dir, step)
+        return {**metrics, "steps": float(self.round_steps(model))}
+
+    def export(self, model: DistillPair, out_dir: Path) -> Path:
+        d = self.config.distill
+        info = dict(self.teacher_info)
+        info["sample"] = {**info.get("sample", {}), "sampler": "ddim", "steps": d.final_steps}
+        info["distilled"] = {"steps": d.final_steps, "rounds": d.rounds, "teacher": str(d.teacher),
+                             "student_steps": d.student_steps, "steps_per_round": d.steps_per_round,
+                             "paper": "Salimans & Ho 2022, arXiv 2202.00512, Alg. 2"}
+        return write_component(Path(out_dir) / "decoder", model.student, info)
