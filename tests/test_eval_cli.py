@@ -46,6 +46,11 @@ def test_eval_sweep_plots_each_value(tiny_setup):
     payload = json.loads((out / "metrics.json").read_text())
     assert [r["decoder_guidance"] for r in payload["results"]] == [1, 3]
     assert (out / "sweep.png").stat().st_size > 0
+    assert "![sweep samples](sweep-samples.png)" in (out / "report.md").read_text()
+    from PIL import Image
+
+    with Image.open(out / "sweep-samples.png") as grid:  # one row per guidance value, one column per image
+        assert grid.width < grid.height
 
 
 def test_eval_bad_input_is_one_line(tiny_setup, capsys):

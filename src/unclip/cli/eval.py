@@ -150,7 +150,8 @@ def run(args) -> int:
         if len(args.model) == 1:
             report = write_report(Path(args.out), model=str(args.model[0]), data=str(args.data), command=command,
                                   results=[{k: v for k, v in r.items() if k != "model"} for r in all_rows],
-                                  samples=samples, prompts=prompts, sweep=sweep, label=labels[0])
+                                  samples=samples, prompts=prompts, sweep=sweep, label=labels[0],
+                                  sweep_samples=grids[labels[0]] if sweep else None)
         else:
             report = write_comparison(Path(args.out), data=str(args.data), commands=[command],
                                       key=sweep[0] if sweep else None, rows=all_rows, samples=grids)

@@ -78,10 +78,11 @@ def plot_sweep(key: str, values: Sequence[Any], results: Sequence[dict[str, Any]
 
 def write_report(out_dir: Path, *, model: str, data: str, command: str, results: Sequence[dict[str, Any]],
                  samples: torch.Tensor, prompts: Sequence[str], sweep: tuple[str, Sequence[Any]] | None = None,
-                 label: str | None = None) -> Path:
-    """Write metrics.json, samples.png, (sweep.png), report.md and report.html into ``out_dir``.
+                 label: str | None = None, sweep_samples: tuple[torch.Tensor, Sequence[str]] | None = None) -> Path:
+    """Write metrics.json, samples.png, (sweep.png, sweep-samples.png), report.md and report.html into ``out_dir``.
 
-    ``label`` names this run when reports are later combined (``unclip eval --combine``).
+    ``label`` names this run when reports are later combined (``unclip eval --combine``);
+    ``sweep_samples``: the same few prompts' images at every sweep value, one row per value.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +101,12 @@ def write_report(out_dir: Path, *, model: str, data: str, command: str, results:
         for value, result in zip(sweep[1], results):
             lines.append("| " + " | ".join([fmt(value), *(fmt(result[k]) for k in keys)]) + " |")
         lines += ["", "![sweep](sweep.png)", ""]
+        if sweep_samples is not None:
+            images, captions = sweep_samples
+            sample_grid(images, captions, out_dir / "sweep-samples.png", limit=len(images),
+                        columns=len(images) // len(sweep[1]))
+            lines += [f"The same prompts and seeds at each `{sweep[0]}`, one row per value:", "",
+                      "![sweep samples](sweep-samples.png)", ""]
     else:
         result = results[0]
         lines += [f"{result['n_generated']} generated images from {result['n_prompts']} prompts, "
