@@ -154,7 +154,9 @@ def test_distill_rounds_export_and_resume(tmp_path, teacher):
 
     root, encoder_dir, teacher_dir = teacher
     run = tmp_path / "run"
-    final = run_training(DistillStage(_config(root, teacher_dir)), run)
+    final = run_training(DistillStage(_config(root, teacher_dir, train={"eval_every": 2})), run)
+    first = json.loads((run / "eval" / "step_00000002" / "decoder" / "component.json").read_text())
+    assert first["sample"]["steps"] == 4 and first["distilled"] == {**first["distilled"], "steps": 4, "rounds": 1}
     # round 2's teacher is round 1's last student; the student is trained at N = 4 then N = 2
     ckpt = {p.name: load_checkpoint(p).model for p in sorted((run / "checkpoints").iterdir())}
     after_round_1, last = ckpt["step_00000002"], ckpt["step_00000004"]
@@ -173,7 +175,7 @@ def test_distill_rounds_export_and_resume(tmp_path, teacher):
     shutil.copytree(run, resumed)
     shutil.rmtree(resumed / "final")
     shutil.rmtree(resumed / "checkpoints" / "step_00000004")
-    run_training(DistillStage(_config(root, teacher_dir)), resumed, resume=True)
+    run_training(DistillStage(_config(root, teacher_dir, train={"eval_every": 2})), resumed, resume=True)
     a = load_checkpoint(run / "checkpoints" / "step_00000004").model
     b = load_checkpoint(resumed / "checkpoints" / "step_00000004").model
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -282,18 +282,30 @@ class DistillStage(Stage):
 
     # --- evaluation and export ------------------------------------------------------
     def evaluate(self, model: DistillPair, out_dir: Path, step: int) -> dict[str, float]:
-        """The decoder stage's grid and ``clip_sim`` with the student at the current round's steps."""
+        """The decoder stage's grid and ``clip_sim`` with the student at the current round's N steps.
+
+        With ``train.eval_every = distill.steps_per_round`` this runs at the end of every round; it also
+        writes that round's student to ``out_dir/decoder`` (a decoder component for N steps), so every
+        N of the run can be assembled and evaluated, not only the last.
+        """
+        steps = self.round_steps(model)
         inner = copy.copy(self.decoder)
-        inner.config = dataclasses.replace(inner.config, sample=dataclasses.replace(
-            inner.config.sample, steps=self.round_steps(model)))
+        inner.config = dataclasses.replace(inner.config, sample=dataclasses.replace(inner.config.sample, steps=steps))
         metrics = inner.evaluate(model.student, out_dir, step)
-        return {**metrics, "steps": float(self.round_steps(model))}
+        write_component(Path(out_dir) / "decoder", model.student, self._component_info(int(model.round) + 1))
+        return {**metrics, "steps": float(steps)}
+
+    def _component_info(self, rounds_done: int) -> dict:
+        d = self.config.distill
+        steps = d.student_steps // 2 ** (rounds_done - 1)
+        info = dict(self.teacher_info)
+        info["sample"] = {**info.get("sample", {}), "sampler": "ddim", "steps": steps}
+        info["distilled"] = {"steps": steps, "rounds": rounds_done, "teacher": str(d.teacher),
+                             "student_steps": d.student_steps, "steps_per_round": d.steps_per_round,
+                             "method": "progressive distillation, Salimans & Ho 2022 (arXiv 2202.00512), Alg. 2"}
+        return info
 
     def export(self, model: DistillPair, out_dir: Path) -> Path:
-        d = self.config.distill
-        info = dict(self.teacher_info)
-        info["sample"] = {**info.get("sample", {}), "sampler": "ddim", "steps": d.final_steps}
-        info["distilled"] = {"steps": d.final_steps, "rounds": d.rounds, "teacher": str(d.teacher),
-                             "student_steps": d.student_steps, "steps_per_round": d.steps_per_round,
-                             "paper": "Salimans & Ho 2022, arXiv 2202.00512, Alg. 2"}
+        """``out_dir/decoder``: the distilled student as a normal decoder component for N_final DDIM steps."""
+        info = self._component_info(self.config.distill.rounds)
         return write_component(Path(out_dir) / "decoder", model.student, info)
