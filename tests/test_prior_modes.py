@@ -169,3 +169,21 @@ def test_cli_flag_and_eval_set(tmp_path, capsys):
     # `unclip eval --set image_embed_source=text` reaches the pipeline as the string.
     assert _parse_setting("image_embed_source=text") == ("image_embed_source", "text")
     assert _parse_setting("image_embed_source=none") == ("image_embed_source", "none")
+
+
+def test_eval_sweeps_the_source(tmp_path):
+    """`unclip eval --sweep image_embed_source=text,none` (a string-valued sweep) writes one result per mode."""
+    import json
+
+    from unclip.data.shapes import build_shapes
+
+    build_shapes(tmp_path / "shapes", image_size=32, count=120, seed=0)
+    tiny_pipeline("unclip", upsampler=False).save(tmp_path / "pipe")
+    out = tmp_path / "report"
+    assert main(["eval", "--model", str(tmp_path / "pipe"), "--data", str(tmp_path / "shapes"), "--out", str(out),
+                 "--num-prompts", "3", "--images-per-prompt", "1", "--set", "decoder_steps=2",
+                 "--sweep", "image_embed_source=text,none"]) == 0
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    assert [r["image_embed_source"] for r in results] == ["text", "none"]
+    assert main(["eval", "--model", str(tmp_path / "pipe"), "--data", str(tmp_path / "shapes"), "--out", str(out),
+                 "--num-prompts", "3", "--set", "image_embed_source=null"]) == 2  # YAML null: a one-line error
