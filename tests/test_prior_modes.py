@@ -187,3 +187,19 @@ def test_eval_sweeps_the_source(tmp_path):
     assert [r["image_embed_source"] for r in results] == ["text", "none"]
     assert main(["eval", "--model", str(tmp_path / "pipe"), "--data", str(tmp_path / "shapes"), "--out", str(out),
                  "--num-prompts", "3", "--set", "image_embed_source=null"]) == 2  # YAML null: a one-line error
+
+
+def test_prior_eval_reports_cpu_time_per_embedding():
+    from types import SimpleNamespace
+
+    from unclip.eval.prior_eval import evaluate_prior, format_table
+    from test_pipeline_helpers import tiny_prior
+
+    encoder = tiny_encoder()
+    text = encoder.encode_text(["a red circle", "a blue square", "a shape", "a big purple star"])
+    image = F.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    rows = SimpleNamespace(tensors={"image_embed": image, "text_embed": text.embed, "text_tokens": text.tokens,
+                                    "text_mask": text.mask})
+    result = evaluate_prior(tiny_prior(encoder).model, rows, steps=2)
+    assert result["items"] == 4 and 0 < result["cpu_seconds_per_embedding"] < 10
+    assert "ms CPU per embedding" in format_table(result)
