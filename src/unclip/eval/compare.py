@@ -116,7 +116,7 @@ def plot_tradeoff(key: str, rows: Sequence[dict[str, Any]], path: Path) -> None:
                 ax.annotate(fmt(r[key]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
         ax.set_xlabel("diversity (mean pairwise feature distance) →")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} vs diversity; labels: {key}", fontsize=8)
+        ax.set_title(f"point labels: {key}", fontsize=8)
     axes[0][0].legend(fontsize=8)
     _save(fig, path)
 
