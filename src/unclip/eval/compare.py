@@ -37,6 +37,8 @@ CURVE_METRICS = (
     ("diversity", "diversity ↑"),
     ("seconds_per_image", "seconds per image"),
 )
+# Shown instead of wall-clock seconds when present: CPU time does not grow with other jobs' load.
+CPU_TIME = ("cpu_seconds_per_image", "CPU seconds per image")
 TABLE_EXTRA = (("real_diversity", "real diversity"), ("decoder_diversity", "decoder-only diversity"), ("kid", "KID ↓"), ("precision", "precision ↑"), ("recall", "recall ↑"),
                ("r_precision", "R-precision ↑"), ("shapes_withheld_exact", "exact, withheld ↑"))
 # The run must match on these for a comparison to use the same prompts, seeds and reference images.
@@ -74,6 +76,8 @@ def plot_curves(key: str, rows: Sequence[dict[str, Any]], path: Path) -> None:
     """One panel per metric of ``CURVE_METRICS`` against the swept ``key``, one curve per model."""
     plt = _pyplot()
     shown = _present(rows, CURVE_METRICS)
+    if _present(rows, [CPU_TIME]):
+        shown = [CPU_TIME if key == "seconds_per_image" else (key, label) for key, label in shown]
     if not shown:
         raise UnclipError("the results have none of FID, CLIP score, shapes accuracy or diversity to plot")
     fig, axes = plt.subplots(1, len(shown), figsize=(3.1 * len(shown), 2.9), squeeze=False)
@@ -123,7 +127,7 @@ def plot_tradeoff(key: str, rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 def comparison_table(key: str | None, rows: Sequence[dict[str, Any]]) -> list[str]:
     """A Markdown table, one row per (model, setting)."""
-    columns = _present(rows, CURVE_METRICS + TABLE_EXTRA, every=False)
+    columns = _present(rows, CURVE_METRICS + (CPU_TIME,) + TABLE_EXTRA, every=False)
     head = ["model"] + ([key] if key else []) + [label for _, label in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:

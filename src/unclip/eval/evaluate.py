@@ -123,10 +123,10 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
     captions = split_captions(data, config.split)
     prompts = _choose_prompts(captions, config.num_prompts, config.seed)
     log(f"generating {len(prompts)} prompts x {config.images_per_prompt} images")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     output = pipe(prompts, num_images_per_prompt=config.images_per_prompt, seed=config.seed, output_type="pt",
                   progress=False, batch_size=config.batch_size, **config.settings)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     fake = output.images.float().cpu()
     fake_prompts = list(output.prompts)
     count = len(fake)
@@ -147,6 +147,7 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
     fake_feats = image_features(fake, extractor, size)
     result: dict[str, Any] = {"n_generated": count, "n_real": len(real), "n_prompts": len(prompts),
                               "image_size": int(fake.shape[-1]), "seconds_per_image": seconds / count,
+                              "cpu_seconds_per_image": cpu_seconds / count,
                               "images_per_prompt": config.images_per_prompt, "seed": config.seed,
                               "split": config.split, "settings": dict(config.settings)}
     result.update(_distribution_metrics(real_feats, fake_feats))

@@ -33,7 +33,8 @@ METRIC_LABELS = (
     ("shapes_size_acc", "shapes size ↑", None),
     ("shapes_seen_exact", "shapes exact, seen pairs ↑", None),
     ("shapes_withheld_exact", "shapes exact, withheld pairs ↑", None),
-    ("seconds_per_image", "sampling seconds per image (all stages)", None),
+    ("seconds_per_image", "sampling seconds per image (all stages, wall clock)", None),
+    ("cpu_seconds_per_image", "sampling CPU seconds per image (all threads; steadier under load)", None),
 )
 
 
