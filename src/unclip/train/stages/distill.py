@@ -56,6 +56,7 @@ class DistillData:
     path: str = "data/shapes"    # the teacher's training data (a built dataset dir, folder or shards)
     encoder: str = ""            # frozen encoder dir; empty: the one recorded in the teacher's component.json
     val_split: str = "val"
+    encoder_image_size: int = 0  # as the decoder stage's data.encoder_image_size (use the teacher's setting)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ class DistillStage(Stage):
             raise UnclipError(f"{self.teacher_dir} is a {self.teacher_info['role']}, not a decoder; "
                               "set distill.teacher to a decoder component")
         self.diffusion = GaussianDiffusion(from_dict(DiffusionConfig, self.teacher_info.get("diffusion", {})))
-        nested_grids(self.diffusion.num_timesteps, config.distill.student_steps)  # fail before training
+        for r in range(config.distill.rounds):  # fail before training, not at round r
+            nested_grids(self.diffusion.num_timesteps, config.distill.student_steps // 2 ** r)
         self._decoder: DecoderStage | None = None
 
     @property
@@ -209,7 +211,7 @@ class DistillStage(Stage):
             teacher_config = from_dict(UNetConfig, json.loads(meta["config"]))
             data = DecoderData(path=cfg.data.path, encoder=cfg.data.encoder or str(info.get("encoder", "")),
                                image_size=int(info.get("image_size", teacher_config.image_size)),
-                               val_split=cfg.data.val_split)
+                               val_split=cfg.data.val_split, encoder_image_size=cfg.data.encoder_image_size)
             sample = from_dict(SampleSettings, info.get("sample", {}))
             self._decoder = DecoderStage(DecoderStageConfig(
                 data=data, model=teacher_config, diffusion=self.diffusion.config, train=cfg.train,
@@ -258,8 +260,9 @@ class DistillStage(Stage):
         """Alg. 2 loss of ``model.student`` against ``model.teacher`` for an N = ``steps`` student."""
         student_grid, teacher_grid = nested_grids(self.diffusion.num_timesteps, steps)
         param = next(model.student.parameters())
-        images = batch["image"].to(param.device, param.dtype)                     # x: [B, 3, H, W]
-        cond = self.decoder.conditions(images, list(batch["caption"]))
+        full = batch["image"].to(param.device, param.dtype)
+        cond = self.decoder.conditions(full, list(batch["caption"]))
+        images = self.decoder.decoder_images(full)                                 # x: [B, 3, H, W]
         empty = cond.pop("empty_caption", None)
         drop_image, drop_text = cfg_drop_masks(images.shape[0], self.config.drop_image, self.config.drop_text,
                                                generator=generator, device=images.device)
