@@ -111,6 +111,8 @@ def plot_tradeoff(key: str, rows: Sequence[dict[str, Any]], path: Path) -> None:
     if not all(row.get("diversity") is not None for row in rows):
         raise UnclipError("the diversity metric needs --images-per-prompt 2 or more")
     shown = _present(rows, [m for m in CURVE_METRICS if m[0] in ("fid", "clip_score", "shapes_exact")])
+    if not shown:
+        raise UnclipError("no fidelity measure (FID, CLIP score, shapes exact match) in every result to plot")
     fig, axes = plt.subplots(1, len(shown), figsize=(3.8 * len(shown), 3.4), squeeze=False)
     for ax, (metric, label) in zip(axes[0], shown):
         for model, group in _by_model(rows).items():
