@@ -34,10 +34,10 @@ def register(subparsers) -> None:
                                 "metrics.json and image grids. Repeat --model (or --combine earlier reports) to "
                                 "compare pipelines over one sweep with curves and a diversity-fidelity plot.",
                     examples=EXAMPLES, func=run)
-    p.add_argument("--model", action="append", default=[],
+    p.add_argument("--model", action="append", default=None,
                    help="shipped model name or pipeline directory; repeat to compare several in one report")
-    p.add_argument("--label", action="append", default=[],
-                   help="name of each --model or --combine report in tables and plots (default: as given)")
+    p.add_argument("--label", action="append", default=None,
+                   help="name of each --model or --combine report in tables and plots; without it, the model as given")
     p.add_argument("--combine", nargs="+", default=None, metavar="REPORT_DIR",
                    help="compare existing report directories (same prompts and seeds) instead of generating")
     p.add_argument("--data", default=None, help="built dataset directory (prompts and real images)")
@@ -134,7 +134,7 @@ def run(args) -> int:
     labels = _check_args(args)
     command = "unclip " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else ""
     if args.combine:
-        merged = combine_reports(args.combine, args.label)
+        merged = combine_reports(args.combine, args.label or ())
         report = write_comparison(Path(args.out), data=str(merged["data"]), commands=[*merged["commands"], command],
                                   key=merged["key"], rows=merged["rows"])
     else:
