@@ -66,7 +66,7 @@ def test_shapes_every_conditioning(use_image, use_tokens, use_pooled, num_image_
         assert not torch.allclose(model(inp["x"], inp["t"], **changed), out), key
     # ... and channels-last input gives the same result.
     out_cl = model(inp["x"].to(memory_format=torch.channels_last), inp["t"], **kwargs)
-    assert torch.allclose(out_cl, out, atol=1e-5)
+    assert torch.allclose(out_cl, out, atol=1e-4, rtol=1e-4)  # kernels differ by thread count; a layout bug is O(1)
 
 
 def test_text_mask_hides_padding_tokens():
