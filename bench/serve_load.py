@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="pipeline directory or shipped model name")
     parser.add_argument("--tiny", type=Path, help="build (if missing) and serve a tiny random pipeline in this "
-                        "directory (uses tests/test_pipeline_helpers.py)")
+                        "directory (uses tests/helpers/pipeline.py)")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=200, help="requests in total (a 429 is retried)")
     parser.add_argument("--max-attempts", type=int, default=100, help="tries per request before it is an error")
@@ -81,7 +81,7 @@ def build_tiny(directory: Path) -> Path:
     if (directory / "pipeline.json").is_file():
         return directory
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_pipeline_helpers import tiny_pipeline
+    from helpers.pipeline import tiny_pipeline
 
     tiny_pipeline("full", upsampler=True).save(directory, overwrite=True)
     return directory

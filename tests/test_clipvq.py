@@ -64,7 +64,7 @@ def test_text_condition_with_image_only_is_a_config_error():
 def _tiny_setup(tmp_path):
     """A caption-free folder of 4 shape images, a tiny encoder dir and a tiny VQ file."""
     from unclip.data.shapes import render_shape
-    from tests.test_pipeline_helpers import tiny_encoder
+    from helpers.pipeline import tiny_encoder
 
     folder = tmp_path / "images"
     folder.mkdir()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from test_pipeline_helpers import _wake, tiny_encoder
+from helpers.pipeline import _wake, tiny_encoder
 from unclip.config import from_dict
 from unclip.diffusion.gaussian import GaussianDiffusion, output_to_x0_eps
 from unclip.diffusion.samplers import ddim_sample

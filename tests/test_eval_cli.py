@@ -9,7 +9,7 @@ import pytest
 from unclip.cli import main
 from unclip.data.shapes import build_shapes
 
-from test_pipeline_helpers import tiny_pipeline
+from helpers.pipeline import tiny_pipeline
 
 
 @pytest.fixture(scope="module")

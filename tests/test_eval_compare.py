@@ -11,7 +11,7 @@ from unclip.data.shapes import build_shapes
 from unclip.errors import UnclipError
 from unclip.eval.compare import combine_reports, comparison_table, plot_tradeoff, write_comparison
 
-from test_pipeline_helpers import tiny_pipeline
+from helpers.pipeline import tiny_pipeline
 
 PNG = b"\x89PNG"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_pipeline_helpers import tiny_pipeline
+from helpers.pipeline import tiny_pipeline
 from unclip.cli import main
 
 

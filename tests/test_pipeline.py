@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_pipeline_helpers import tiny_component, tiny_encoder, tiny_pipeline, tiny_prior
+from helpers.pipeline import tiny_component, tiny_encoder, tiny_pipeline, tiny_prior
 from unclip.errors import UnclipError
 from unclip.pipelines import PipelineOutput, assemble, load_pipeline
 from unclip.pipelines.manipulate import slerp

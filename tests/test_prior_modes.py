@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_pipeline_helpers import tiny_component, tiny_encoder, tiny_pipeline
+from helpers.pipeline import tiny_component, tiny_encoder, tiny_pipeline
 from unclip.cli import main
 from unclip.cli.eval import _parse_setting
 from unclip.errors import UnclipError
@@ -193,7 +193,7 @@ def test_prior_eval_reports_cpu_time_per_embedding():
     from types import SimpleNamespace
 
     from unclip.eval.prior_eval import evaluate_prior, format_table
-    from test_pipeline_helpers import tiny_prior
+    from helpers.pipeline import tiny_prior
 
     encoder = tiny_encoder()
     text = encoder.encode_text(["a red circle", "a blue square", "a shape", "a big purple star"])

@@ -9,8 +9,7 @@ import io
 import pytest
 
 pytest.importorskip("fastapi", reason="the 'serve' extra (fastapi) is not installed")
-pipeline_helpers = pytest.importorskip("test_pipeline_helpers",
-                                       reason="tests/test_pipeline_helpers.py is not in this tree")
+from helpers import pipeline as pipeline_helpers  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 

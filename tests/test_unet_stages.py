@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from test_pipeline_helpers import tiny_encoder
+from helpers.pipeline import tiny_encoder
 from unclip.config import from_dict, load_config
 from unclip.errors import UnclipError
 from unclip.train.stages import get_stage_class
