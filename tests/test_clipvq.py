@@ -17,12 +17,7 @@ SPECS = [("circle", "red", "top left", "large"), ("square", "blue", "center", "l
          ("triangle", "green", "bottom right", "small"), ("star", "black", "top right", "large")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 1.0])

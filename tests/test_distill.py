@@ -22,12 +22,7 @@ from unclip.train.stages.distill import DistillStage, DistillStageConfig, nested
 COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 160, 60), "purple": (140, 40, 170)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fake_teacher(x, t, **kwargs):

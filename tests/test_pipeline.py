@@ -17,13 +17,7 @@ from unclip.pipelines.registry import resolve_model
 from unclip.pipelines.unclip import UnCLIPPipeline, make_seeds
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

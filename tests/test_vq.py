@@ -13,13 +13,7 @@ SPECS = [("circle", "red", "top left", "large"), ("square", "blue", "center", "l
          ("triangle", "green", "bottom right", "large"), ("star", "black", "top right", "large")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine is shared; one thread keeps these tests at a few seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _shapes(size):
