@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from helpers.pipeline import _wake, tiny_encoder
+from helpers.pipeline import _wake, circle_data
 from unclip.config import from_dict
 from unclip.diffusion.gaussian import GaussianDiffusion, output_to_x0_eps
 from unclip.diffusion.samplers import ddim_sample
@@ -19,7 +19,6 @@ from unclip.train.stages import get_stage_class
 from unclip.train.stages.decoder import DecoderStage, DecoderStageConfig
 from unclip.train.stages.distill import DistillStage, DistillStageConfig, nested_grids, teacher_ddim_target
 
-COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 160, 60), "purple": (140, 40, 170)}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,17 +83,7 @@ def test_grids_are_the_ddim_sampler_grids_and_nest():
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """An image folder with train/val splits and .txt captions, an encoder dir, and an exported decoder."""
-    root = tmp_path_factory.mktemp("data")
-    for split, count in (("train", 8), ("val", 4)):
-        (root / split).mkdir()
-        for i in range(count):
-            name = list(COLORS)[i % 4]
-            image = Image.new("RGB", (32, 32), "white")
-            ImageDraw.Draw(image).ellipse((4 + i, 4, 20 + i, 20), fill=COLORS[name])
-            image.save(root / split / f"{i:03d}.png")
-            (root / split / f"{i:03d}.txt").write_text(f"a {name} circle")
-    encoder_dir = tmp_path_factory.mktemp("enc") / "encoder"
-    tiny_encoder().save(encoder_dir)
+    root, encoder_dir = circle_data(tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("enc") / "encoder")
     stage = DecoderStage(from_dict(DecoderStageConfig, {
         "data": {"path": str(root), "encoder": str(encoder_dir), "image_size": 16},
         "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1,

@@ -6,16 +6,15 @@ import json
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from helpers.pipeline import tiny_encoder
+from helpers.pipeline import circle_data
 from unclip.config import from_dict, load_config
 from unclip.errors import UnclipError
 from unclip.train.stages import get_stage_class
 from unclip.train.stages.decoder import DecoderStage, DecoderStageConfig
 from unclip.train.stages.upsampler import UpsamplerStage, UpsamplerStageConfig
 
-COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 160, 60), "purple": (140, 40, 170)}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,18 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """An image folder with train/ and val/ splits and same-name .txt captions; plus an encoder dir."""
-    root = tmp_path_factory.mktemp("data")
-    for split, count in (("train", 8), ("val", 4)):
-        (root / split).mkdir()
-        for i in range(count):
-            name = list(COLORS)[i % 4]
-            image = Image.new("RGB", (32, 32), "white")
-            ImageDraw.Draw(image).ellipse((4 + i, 4, 20 + i, 20), fill=COLORS[name])
-            image.save(root / split / f"{i:03d}.png")
-            (root / split / f"{i:03d}.txt").write_text(f"a {name} circle")
-    encoder_dir = tmp_path_factory.mktemp("enc") / "encoder"
-    tiny_encoder().save(encoder_dir)
-    return root, encoder_dir
+    return circle_data(tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("enc") / "encoder")
 
 
 def _train(tiny=dict(steps=3, batch_size=4, warmup_steps=1, ema_decay=0.0, checkpoint_every=3, log_every=1)):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from PIL import Image, ImageDraw
 
 from unclip.diffusion.schedule import DiffusionConfig
 from unclip.config import to_dict
@@ -73,3 +76,21 @@ def tiny_pipeline(kind: str = "unclip", upsampler: bool = True):
     up = tiny_component("upsampler", encoder, seed=2) if upsampler else None
     defaults = {s: {"steps": 4} for s in ("prior", "decoder", "upsampler")}
     return UnCLIPPipeline(encoder, decoder, prior=prior, upsampler=up, defaults=defaults, name=f"tiny-{kind}")
+
+
+CIRCLE_COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 160, 60), "purple": (140, 40, 170)}
+
+
+def circle_data(root: Path, encoder_dir: Path) -> tuple[Path, Path]:
+    """An image folder with train/ (8) and val/ (4) splits of coloured circles and same-name .txt captions,
+    plus a tiny encoder saved at ``encoder_dir``; the data the stage tests train on."""
+    for split, count in (("train", 8), ("val", 4)):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            name = list(CIRCLE_COLORS)[i % 4]
+            image = Image.new("RGB", (32, 32), "white")
+            ImageDraw.Draw(image).ellipse((4 + i, 4, 20 + i, 20), fill=CIRCLE_COLORS[name])
+            image.save(root / split / f"{i:03d}.png")
+            (root / split / f"{i:03d}.txt").write_text(f"a {name} circle")
+    tiny_encoder().save(encoder_dir)
+    return root, encoder_dir
