@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from unclip.checkpoint import load_tensors, read_metadata, save_tensors
+from unclip.checkpoint import load_tensors, read_metadata, replace_dir, save_tensors
 from unclip.pipelines import load_pipeline
 from unclip.pipelines.registry import models_root
 
@@ -42,9 +42,7 @@ def ship(source: Path, name: str, card: Path | None) -> Path:
         if card is not None:
             shutil.copyfile(card, tmp / "MODEL_CARD.md")
         load_pipeline(tmp)  # the fp16 copy loads too
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

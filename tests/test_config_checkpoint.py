@@ -113,3 +113,19 @@ def test_atomic_write_keeps_previous_file_on_crash(tmp_path):
     assert path.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["state.txt"]
     assert path.stat().st_mode & 0o044 == 0o044, "others can read what we write (not mkstemp's 0600)"
+
+
+def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
+    from unclip.checkpoint import replace_dir
+
+    old, new = tmp_path / "model", tmp_path / ".model.tmp"
+    for folder, text in ((old, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "weights").write_text(text)
+    replace_dir(new, old)
+    assert (old / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or aside folder left
+    fresh = tmp_path / ".other.tmp"
+    fresh.mkdir()
+    replace_dir(fresh, tmp_path / "other")
+    assert (tmp_path / "other").is_dir() and not fresh.exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -27,6 +28,7 @@ from unclip.errors import CheckpointError
 __all__ = [
     "atomic_write",
     "atomic_write_text",
+    "replace_dir",
     "save_tensors",
     "load_tensors",
     "read_metadata",
@@ -71,6 +73,20 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Put the finished folder ``tmp`` at ``target``; an old ``target`` is moved aside first and
+    removed only after the rename, so there is never a moment without a complete folder there."""
+    tmp, target = Path(tmp), Path(target)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from unclip.checkpoint import atomic_write_text, load_model, save_model
+from unclip.checkpoint import atomic_write_text, load_model, replace_dir, save_model
 from unclip.config import from_dict, to_dict
 from unclip.diffusion import discrete
 from unclip.diffusion.discrete import DiscreteDiffusionConfig
@@ -195,9 +195,7 @@ class ClipVQPipeline:
             save_model(self.vq, tmp / "vq" / "model.safetensors")
             save_model(self.transformer, tmp / "transformer" / "model.safetensors")
             atomic_write_text(tmp / "pipeline.json", json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
-            if directory.exists():
-                shutil.rmtree(directory)
-            tmp.replace(directory)
+            replace_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -22,7 +22,6 @@ Directory layout (``save`` / ``load``): ``pipeline.json`` + ``encoder/``, ``prio
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from unclip.checkpoint import atomic_write_text, load_model
+from unclip.checkpoint import atomic_write_text, load_model, replace_dir
 from unclip.config import from_dict
 from unclip.diffusion.gaussian import GaussianDiffusion
 from unclip.diffusion.schedule import DiffusionConfig
@@ -344,7 +343,7 @@ class UnCLIPPipeline:
             if self.upsampler is not None:
                 self.upsampler.save(tmp / "upsampler")
             atomic_write_text(tmp / "pipeline.json", json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
-            _replace_dir(tmp, directory)
+            replace_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -388,17 +387,6 @@ def _stage_callback(stage: str, bar, user: Callable | None):
             user(stage, step + 1, total, x)
 
     return callback
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
 
 
 def _component_dir(path: str | Path, stage: str) -> Path:
