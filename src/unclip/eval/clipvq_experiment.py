@@ -94,12 +94,15 @@ def main(argv=None) -> int:
     parser.add_argument("--sampler", default="ancestral")
     parser.add_argument("--eval-encoder", default=None, help="encoder dir NOT used for conditioning")
     parser.add_argument("--out", help="JSON results; grids go next to it")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the per-attribute accuracy bar chart")
     args = parser.parse_args(argv)
     if args.merge:
         merged: dict[str, dict] = {}
         for path in args.merge:
             merged.update(json.loads(Path(path).read_text())["results"])
         print(markdown_table(merged))
+        if args.plot:
+            plot_accuracy(merged, Path(args.plot))
         return 0
     if not args.run or not args.out:
         parser.error("give --out and at least one --run LABEL=DIR (or --merge)")
@@ -132,7 +135,38 @@ def main(argv=None) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(record, indent=2) + "\n")
     print(markdown_table(results))
+    if args.plot:
+        plot_accuracy(results, Path(args.plot))
     return 0
+
+
+ATTRIBUTES = [("exact", "exact match"), ("color_acc", "colour"), ("shape_acc", "shape"),
+              ("position_acc", "position"), ("size_acc", "size")]
+CHANCE = {"color_acc": 1 / 8, "shape_acc": 1 / 6, "position_acc": 1 / 5, "size_acc": 1 / 2}
+
+
+def plot_accuracy(results: dict[str, dict], path: Path) -> None:
+    """Grouped bars: one group per attribute, one bar per model; chance levels dashed."""
+    from unclip.eval.compare import _pyplot, _save
+
+    plt = _pyplot()
+    references = ("real renders", "VQ reconstructions")  # the judge's and the tokenizer's ceilings, drawn last
+    models = [label for label in results if "exact" in results[label] and label not in references]
+    models += [label for label in references if label in results]
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    width = 0.8 / max(len(models), 1)
+    for i, label in enumerate(models):
+        xs = [a + (i - (len(models) - 1) / 2) * width for a in range(len(ATTRIBUTES))]
+        ax.bar(xs, [results[label].get(key, 0.0) for key, _ in ATTRIBUTES], width, label=label)
+    for a, (key, _) in enumerate(ATTRIBUTES):
+        if key in CHANCE:
+            ax.hlines(CHANCE[key], a - 0.45, a + 0.45, colors="black", linestyles="dashed", linewidth=1)
+    ax.set_xticks(range(len(ATTRIBUTES)), [name for _, name in ATTRIBUTES])
+    ax.set_ylabel("accuracy (shapes checker)")
+    ax.set_ylim(0, 1)
+    ax.set_title("CLIP-VQDiffusion sampled from text: language-free vs text-supervised (dashed: chance)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _save(fig, path)
 
 
 def markdown_table(results: dict[str, dict]) -> str:
