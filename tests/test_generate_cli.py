@@ -43,6 +43,13 @@ def test_generate_grid_and_out_dir(tmp_path, models, capsys):
     assert code == 0 and out.is_file() and str(out) in stdout
     grid = Image.open(out)
     assert grid.size[0] > 3 * 16
+    zoomed = tmp_path / "zoomed.png"
+    code, _, _ = _run(["generate", "a red circle", "-n", "3", "--seed", "0", "--out", str(zoomed), "--zoom", "3",
+                       "--model", models["glide"], "--quiet", "--decoder-steps", "2"], capsys)
+    big = Image.open(zoomed)
+    assert code == 0 and big.size == (grid.size[0] * 3 - 4 * 2 * 2, grid.size[1] * 3 - 2 * 2 * 2)
+    # nearest-neighbour: each sampled pixel becomes a 3x3 block identical to the unzoomed grid
+    assert big.getpixel((2 + 4, 2 + 7)) == grid.getpixel((2 + 1, 2 + 2))
     out_dir = tmp_path / "samples"
     code, stdout, _ = _run(["generate", "a red circle", "-n", "2", "--seed", "5", "--out-dir", str(out_dir),
                             "--model", models["glide"], "--quiet", "--decoder-steps", "2"], capsys)

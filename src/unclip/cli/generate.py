@@ -55,6 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="grid PNG to write (default: grid.png unless --out-dir)")
     p.add_argument("--out-dir", default=None, help="write one PNG per image plus generation.json here")
     p.add_argument("--columns", type=int_in_range(1, 64), default=None, help="grid columns")
+    p.add_argument("--zoom", type=int_in_range(1, 16), default=1,
+                   help="enlarge each image in the grid N times (nearest neighbour; the --out-dir files stay as sampled)")
     p.add_argument("--image-embed-source", choices=("prior", "text", "none"), default=None,
                    help="unCLIP only: the decoder's CLIP image embedding from the prior (default), the caption's "
                         "CLIP text embedding, or none (the learned null embedding; caption tokens only)")
@@ -170,7 +172,8 @@ def _generate(args) -> int:
                   progress=not args.quiet, **extra)
     written = []
     if out is not None:
-        written.append(save_png(image_grid(result.images, columns=args.columns or args.num_images), out))
+        written.append(save_png(image_grid(result.images, columns=args.columns or args.num_images,
+                                                  zoom=args.zoom), out))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []

@@ -60,10 +60,17 @@ def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
         raise UnclipError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from None
 
 
-def image_grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2) -> Image.Image:
-    """Tile PIL images (all the same size) into one white-padded grid; ``columns`` defaults to ~sqrt(N)."""
+def image_grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2,
+               zoom: int = 1) -> Image.Image:
+    """Tile PIL images (all the same size) into one white-padded grid; ``columns`` defaults to ~sqrt(N).
+
+    ``zoom`` enlarges each image by an integer factor with nearest-neighbour pixels first, so
+    32 px samples stay sharp and visible in an image viewer.
+    """
     if not images:
         raise ValueError("image_grid needs at least one image")
+    if zoom > 1:
+        images = [image.resize((image.width * zoom, image.height * zoom), Image.NEAREST) for image in images]
     n = len(images)
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
