@@ -37,6 +37,37 @@ def test_eval_writes_report_with_baseline_and_shapes_accuracy(tiny_setup, capsys
     assert "real vs real" in capsys.readouterr().out
 
 
+def test_eval_clip_scores_beside_the_real_images_of_the_same_prompts(tiny_setup):
+    import torch
+    import torch.nn.functional as F
+
+    from helpers.pipeline import tiny_encoder
+    from unclip.data import open_dataset
+    from unclip.eval.clip_metrics import clip_score
+    from unclip.eval.evaluate import _choose_prompts, split_captions
+
+    tiny_encoder().save(tiny_setup / "evalclip")
+    out = tiny_setup / "clip-report"
+    assert main(["eval", "--model", str(tiny_setup / "pipe"), "--data", str(tiny_setup / "shapes"),
+                 "--out", str(out), "--num-prompts", "3", "--images-per-prompt", "1", "--set", "decoder_steps=2",
+                 "--eval-encoder", str(tiny_setup / "evalclip")]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["results"][0]
+    assert 0.0 <= metrics["r_precision"] <= 1.0 and 0.0 <= metrics["real_r_precision"] <= 1.0
+    # the real column by hand: the first test image of each prompt, scored by the same encoder
+    prompts = _choose_prompts(split_captions(tiny_setup / "shapes", "test"), 3, metrics["seed"])
+    dataset = open_dataset(tiny_setup / "shapes", split="test")
+    firsts: dict[str, torch.Tensor] = {}
+    for i in range(len(dataset)):
+        firsts.setdefault(dataset[i]["caption"], dataset[i]["image"])
+    encoder = tiny_encoder()
+    images = F.interpolate(torch.stack([firsts[p] for p in prompts]), size=(encoder.image_size,) * 2,
+                           mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        expected = clip_score(encoder.encode_image(images), encoder.encode_text(prompts).embed)
+    assert abs(metrics["real_clip_score"] - expected) < 1e-3
+    assert "the real images of the same prompts" in (out / "report.md").read_text()
+
+
 def test_eval_sweep_plots_each_value(tiny_setup):
     out = tiny_setup / "sweep"
     code = main(["eval", "--model", str(tiny_setup / "pipe"), "--data", str(tiny_setup / "shapes"),

@@ -156,10 +156,12 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
         result.update({f"baseline_{k}": v for k, v in _distribution_metrics(real_feats, base_feats).items()})
         result["n_baseline"] = len(baseline)
         result["baseline_split"] = result_baseline
+    by_caption = None
+    if config.images_per_prompt >= 2 or eval_encoder is not None:
+        by_caption = _real_by_caption(data, config.split, prompts, max(config.images_per_prompt, 1))
     if config.images_per_prompt >= 2:
         per_prompt = fake_feats.reshape(len(prompts), config.images_per_prompt, -1)
         result["diversity"] = float(np.mean([metrics.mean_pairwise_distance(f) for f in per_prompt]))
-        by_caption = _real_by_caption(data, config.split, prompts, config.images_per_prompt)
         real_groups = [image_features(torch.stack(v), extractor, size) for v in by_caption.values() if len(v) >= 2]
         if real_groups:
             result["real_diversity"] = float(np.mean([metrics.mean_pairwise_distance(f) for f in real_groups]))
@@ -167,6 +169,12 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
             result["decoder_diversity"] = _decoder_diversity(pipe, by_caption, config, extractor)
     if eval_encoder is not None:
         result.update(_clip_metrics(eval_encoder, fake, fake_prompts, captions, config.seed))
+        # the same scores for the real images of these prompts: the ceiling the eval CLIP allows
+        real_prompts = [caption for caption, group in by_caption.items() for _ in group]
+        if real_prompts:
+            real_images = torch.stack([image for group in by_caption.values() for image in group])
+            real_scores = _clip_metrics(eval_encoder, real_images, real_prompts, captions, config.seed)
+            result.update({f"real_{k}": v for k, v in real_scores.items()})
     shapes = _shapes_accuracy(fake, fake_prompts)
     if shapes:
         result.update(shapes)

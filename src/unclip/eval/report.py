@@ -24,8 +24,8 @@ METRIC_LABELS = (
     ("diversity", "diversity (mean pairwise feature distance)", None),
     ("real_diversity", "diversity of real images sharing a caption", None),
     ("decoder_diversity", "decoder-only diversity (variations of one real image)", None),
-    ("clip_score", "CLIP score (eval CLIP) ↑", None),
-    ("r_precision", "R-precision @100 (eval CLIP) ↑", None),
+    ("clip_score", "CLIP score (eval CLIP) ↑", "real_clip_score"),
+    ("r_precision", "R-precision @100 (eval CLIP) ↑", "real_r_precision"),
     ("shapes_exact", "shapes exact match ↑", None),
     ("shapes_color_acc", "shapes colour ↑", None),
     ("shapes_shape_acc", "shapes shape ↑", None),
@@ -112,7 +112,8 @@ def write_report(out_dir: Path, *, model: str, data: str, command: str, results:
         result = results[0]
         lines += [f"{result['n_generated']} generated images from {result['n_prompts']} prompts, "
                   f"against {result['n_real']} real images; the real-vs-real column compares "
-                  "a second real sample of the same size.", "",
+                  "a second real sample of the same size (for CLIP score and R-precision: the real images "
+                  "of the same prompts, the most the eval CLIP can give).", "",
                   "| metric | generated | real vs real |", "|---|---|---|"]
         lines += [f"| {label} | {value} | {base} |" for label, value, base in _rows(result)]
         lines.append("")
