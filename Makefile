@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
-PROMPT ?= a large red circle in the center
-PROMPT2 ?= a small blue square in the top left
+PROMPT ?= a Noto-style emoji of red apple, fruit, food
+PROMPT2 ?= a Twemoji-style emoji of grinning face
 OUT ?= out
 
 .PHONY: install install-test demo test clean
@@ -24,7 +24,7 @@ install-test: install
 
 demo: install
 	mkdir -p $(OUT)
-	$(BIN)/unclip generate "$(PROMPT)" "$(PROMPT2)" -n 4 --seed 0 --out $(OUT)/demo.png
+	$(BIN)/unclip generate "$(PROMPT)" "$(PROMPT2)" -n 4 --seed 0 --zoom 4 --out $(OUT)/demo.png
 
 test: install-test
 	$(BIN)/python -m pytest -q

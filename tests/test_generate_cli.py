@@ -80,6 +80,19 @@ def test_default_model_is_a_shipped_one(tmp_path, capsys):
     assert json.loads((out_dir / "generation.json").read_text())["model"] == default_model()
 
 
+def test_emoji_is_the_default_and_every_shipped_model_generates(tmp_path, capsys):
+    from unclip.pipelines.registry import default_model, shipped_models
+
+    assert default_model() == "emoji" and {"emoji", "shapes"} <= set(shipped_models())
+    for name, prompt in (("emoji", "a Noto-style emoji of red apple"), ("shapes", "a large red circle in the center")):
+        out = tmp_path / f"{name}.png"
+        code, stdout, _ = _run(["generate", prompt, "--model", name, "-n", "2", "--seed", "0", "--quiet", "--zoom", "2",
+                                "--prior-steps", "2", "--decoder-steps", "2", "--out", str(out)], capsys)
+        assert code == 0, stdout
+        with Image.open(out) as grid:  # two 32 px images, enlarged twice, in one row
+            assert grid.size == (2 * 64 + 3 * 2, 64 + 2 * 2)
+
+
 def test_generate_errors_are_one_line(tmp_path, models, capsys):
     cases = [
         (["generate", "", "--model", models["glide"]], "empty prompt"),
