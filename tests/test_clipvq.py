@@ -138,6 +138,7 @@ def test_train_export_generate_round_trip(tmp_path, capsys):
     assert record["results"]["tiny"]["n"] == 3 and "r_precision" in record["results"]["tiny"]
     real = record["results"]["real renders"]
     assert real["color_acc"] == 1.0 and real["position_acc"] == 1.0
+    assert 0.0 <= real["r_precision"] <= 1.0 and "clip_score" in record["results"]["VQ reconstructions"]
     assert experiment(["--merge", str(tmp_path / "exp.json"), "--plot", str(tmp_path / "bars.png")]) == 0
     assert (tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| tiny |" in capsys.readouterr().out

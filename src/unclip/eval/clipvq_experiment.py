@@ -52,6 +52,7 @@ def evaluate_pipeline(pipe, prompts: list[str], *, seed: int = 0, eval_encoder=N
     return metrics, out.images
 
 
+@torch.no_grad()
 def _clip_metrics(encoder, images, prompts: list[str]) -> dict[str, float]:
     from unclip.eval.clip_metrics import clip_score, r_precision
 
@@ -64,7 +65,7 @@ def _clip_metrics(encoder, images, prompts: list[str]) -> dict[str, float]:
             "r_precision": r_precision(image_embeds, prompts, pool, pool_embeds, pool=100)}
 
 
-def _reference_rows(prompts: list[str], image_size: int, vq=None) -> dict[str, dict]:
+def _reference_rows(prompts: list[str], image_size: int, vq=None, eval_encoder=None) -> dict[str, dict]:
     from unclip.data.shapes import parse_caption
     from unclip.pipelines.images import to_pil
 
@@ -76,6 +77,10 @@ def _reference_rows(prompts: list[str], image_size: int, vq=None) -> dict[str, d
     if vq is not None:
         recon = vq.decode(vq.encode(torch.stack([pil_to_tensor(r) for r in renders])))
         rows["VQ reconstructions"] = score_images(to_pil(recon), prompts)
+    if eval_encoder is not None:  # the eval CLIP's own ceiling on real renders (and on what the tokenizer keeps)
+        rows["real renders"].update(_clip_metrics(eval_encoder, renders, prompts))
+        if vq is not None:
+            rows["VQ reconstructions"].update(_clip_metrics(eval_encoder, to_pil(recon), prompts))
     return rows
 
 
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
         save_png(image_grid(images[:32], columns=8), out_path.with_name(f"{out_path.stem}_{label}.png"))
         print(json.dumps({label: results[label]}), flush=True)
     if pipe is not None:
-        results.update(_reference_rows(prompts, pipe.image_size, pipe.vq))
+        results.update(_reference_rows(prompts, pipe.image_size, pipe.vq, eval_encoder))
     record = {"prompts": len(prompts), "seed": args.seed, "settings": settings,
               "eval_encoder": args.eval_encoder, "results": results}
     out_path.parent.mkdir(parents=True, exist_ok=True)
