@@ -13,7 +13,10 @@ forward), with an encoder stand-in that returns the precomputed encodings and a 
 component that draws ONE candidate per caption: the pipeline's default best-of-2 (§2.1 of the
 paper) would double the prior's work relative to the peers, which draw one.
 
-``--spec '{"precision": "bf16"}'`` runs the same work under ``torch.autocast("cpu", bfloat16)``.
+``--spec '{"precision": "bf16"}'`` runs the same work in bf16: sampling through the pipeline's
+``precision="bf16"`` (what ``precision="auto"``, the default, picks on CPUs with AVX512-BF16/AMX),
+training steps under ``torch.autocast("cpu", bfloat16)`` as ``train.mixed_precision=bf16`` does.
+Without it, sampling passes ``precision="fp32"``.
 """
 
 from __future__ import annotations
@@ -117,10 +120,10 @@ def build_sample(spec: dict) -> harness.Built:
     prompts = [f"prompt {i}" for i in range(spec["images"])]
 
     def run(prior_steps: int, decoder_steps: int, sr_steps: int) -> torch.Tensor:
-        with precision(spec):
-            return pipe(prompts, seed=0, progress=False, output_type="pt", sampler="ddim",
-                        prior_steps=prior_steps, decoder_steps=decoder_steps, upsampler_steps=sr_steps,
-                        prior_guidance=spec["prior_guidance"], decoder_guidance=spec["decoder_guidance"]).images
+        return pipe(prompts, seed=0, progress=False, output_type="pt", sampler="ddim",
+                    prior_steps=prior_steps, decoder_steps=decoder_steps, upsampler_steps=sr_steps,
+                    prior_guidance=spec["prior_guidance"], decoder_guidance=spec["decoder_guidance"],
+                    precision=spec.get("precision", "fp32")).images
 
     return harness.Built(run, {"prior": prior, "decoder": decoder, "upsampler": upsampler},
                          notes={"sampler": "DDIM eta=0, CFG batched", "precision": spec.get("precision", "fp32")})

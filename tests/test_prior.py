@@ -13,7 +13,7 @@ from unclip.config import from_dict, load_config
 from unclip.encoders.base import TextEncoding
 from unclip.encoders.shards import write_embedding_shards
 from unclip.errors import ConfigError, UnclipError
-from unclip.models.prior import DiffusionPrior, PriorConfig, sample_prior
+from unclip.models.prior import DiffusionPrior, PriorConfig, sample_prior, timestep_embedding
 
 D, DT, L = 8, 6, 5
 
@@ -57,17 +57,34 @@ def test_padded_tokens_are_ignored_and_drop_uses_null_condition():
     assert not torch.allclose(call(prior, text, drop=drop), call(prior, text))
 
 
-def test_causal_mask_hides_later_positions():
-    """Changing x_t cannot change what the earlier text positions compute: check via a hook."""
+def full_causal_pass(prior, text, x, t, drop):
+    """Reference: the whole sequence [tokens][z_t][t][x_t][query] through every block under one causal mask."""
+    B, W = x.shape[0], prior.config.width
+    z = torch.where(drop[:, None], prior.null_text, prior.text_proj(text.embed))
+    tokens, valid = prior._tokens(text.tokens, text.mask, drop, B, x)
+    time = prior.time_mlp(timestep_embedding(t, W))
+    seq = torch.cat([tokens, torch.stack([z, time, prior.x_proj(x), prior.query.expand(B, W)], 1)], 1)
+    seq = seq + prior.position
+    S = seq.shape[1]
+    keys = torch.cat([valid, torch.ones(B, 4, dtype=torch.bool)], 1)
+    mask = (torch.ones(S, S, dtype=torch.bool).tril() & (keys[:, None] | torch.eye(S, dtype=torch.bool)))[:, None]
+    for block in prior.blocks:
+        seq = block(seq, mask)
+    return prior.out(prior.norm(seq[:, -1]))
+
+
+def test_cached_prefix_equals_the_full_causal_pass():
+    """The caption prefix is computed once (encode_text) and reused at every step: exactly the causal model."""
     prior, text = tiny_prior(), text_batch()
-    seen = []
-    handle = prior.blocks[-1].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
-    call(prior, text)
-    call(prior, text, x=torch.zeros(3, D))
-    handle.remove()
-    first, second = seen
-    torch.testing.assert_close(first[:, : L + 2], second[:, : L + 2])                  # tokens, z_t, time
-    assert not torch.allclose(first[:, L + 2:], second[:, L + 2:])                     # x_t and the query
+    x, t = torch.randn(3, D, generator=torch.Generator().manual_seed(1)), torch.tensor([999, 500, 3])
+    for drop in (torch.zeros(3, dtype=torch.bool), torch.tensor([True, False, True])):
+        expected = full_causal_pass(prior, text, x, t, drop)
+        torch.testing.assert_close(call(prior, text, x=x, t=t, drop=drop), expected)
+        kv, valid = prior.encode_text(text.embed, text.tokens, text.mask, drop)
+        assert kv.shape == (3, 2, 2, 2, L + 1, 16) and valid.shape == (3, L + 1)
+        for step_t in (t, t.flip(0)):  # one prefix serves every step
+            torch.testing.assert_close(prior(x, step_t, prefix_kv=kv, prefix_valid=valid),
+                                       full_causal_pass(prior, text, x, step_t, drop))
 
 
 def test_save_load_round_trip_keeps_stats(tmp_path):

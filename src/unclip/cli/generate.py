@@ -34,6 +34,9 @@ def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> N
     parser.add_argument("--sampler", default=None,
                         help="sampler for every stage: ddim, ddpm or dpm++2m for unCLIP; ancestral or purity for "
                              "CLIP-VQDiffusion (default: the model's)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                        help="network precision: auto (default) = bf16 where the CPU/GPU computes it natively "
+                             "(AVX512-BF16, AMX, recent GPUs), else fp32")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -123,7 +126,7 @@ def _check_image(text: str) -> None:
 
 
 def _stage_kwargs(args, *, prior: bool = True) -> dict:
-    names = ["decoder_steps", "decoder_guidance", "upsampler_steps", "sampler"]
+    names = ["decoder_steps", "decoder_guidance", "upsampler_steps", "sampler", "precision"]
     if prior:
         names += ["prior_steps", "prior_guidance"]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
@@ -140,7 +143,7 @@ def _load(args):
 def _kwargs_for(pipe, kwargs: dict) -> dict:
     """Drop settings for stages the pipeline lacks; reject ones that cannot apply."""
     stages = getattr(pipe, "stages", ("prior", "decoder", "upsampler"))
-    return {k: v for k, v in kwargs.items() if k == "sampler" or k.split("_")[0] in stages}
+    return {k: v for k, v in kwargs.items() if k in ("sampler", "precision") or k.split("_")[0] in stages}
 
 
 def _command() -> str:

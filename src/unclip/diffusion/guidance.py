@@ -50,7 +50,7 @@ def classifier_free_guidance(
                 kwargs[key] = torch.cat([cond, uncond.to(cond.device)], dim=0)
             else:
                 kwargs[key] = cond
-        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), **kwargs)  # [2B, ...]
+        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), **kwargs).to(x_t.dtype)  # [2B, ...]: fp32 under autocast
         out_cond, out_uncond = out[:batch], out[batch:]
         if learn_variance:
             mean_c, var_c = out_cond.chunk(2, dim=1)

@@ -62,7 +62,7 @@ def predict(
     that DDIM / DPM-Solver steps stay consistent (as improved-diffusion does).
     """
     t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    output = model_fn(x_t, t_batch, **(model_kwargs or {}))
+    output = model_fn(x_t, t_batch, **(model_kwargs or {})).to(x_t.dtype)  # fp32 arithmetic under autocast
     alpha_bar = torch.tensor(float(diffusion.alphas_cumprod[t]), dtype=x_t.dtype, device=x_t.device)
     pred = diffusion.predict(output, x_t, alpha_bar)
     if clip_denoised or dynamic_threshold is not None:
@@ -196,7 +196,7 @@ def ddim_invert(
     a_cur = 1.0
     for i, t in enumerate(timesteps):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        output = model_fn(x, t_batch, **(model_kwargs or {}))
+        output = model_fn(x, t_batch, **(model_kwargs or {})).to(x.dtype)
         mean_out, _ = diffusion.split_output(output)
         a_t = float(diffusion.alphas_cumprod[t])
         alpha_bar = torch.tensor(a_t, dtype=x.dtype, device=x.device)

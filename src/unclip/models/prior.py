@@ -85,10 +85,19 @@ class _Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def qkv_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, C) → q, k, v stacked as (3, B, nh, S, hs)."""
         B, S, C = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        # q, k, v: (B, nh, S, hs); mask: (B, 1, S, S) bool, True = may attend
+        return self.qkv(self.norm1(x)).view(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, qkv: torch.Tensor | None = None,
+                past: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, S, C); mask (B, 1, S, P + S) bool, True = may attend; ``past`` (B, 2, nh, P, hs): keys and
+        values of P earlier positions that x attends to; ``qkv`` = ``qkv_heads(x)`` when already computed."""
+        B, S, C = x.shape
+        q, k, v = self.qkv_heads(x) if qkv is None else qkv
+        if past is not None:
+            k, v = torch.cat([past[:, 0].to(k.dtype), k], dim=2), torch.cat([past[:, 1].to(v.dtype), v], dim=2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.proj(y.transpose(1, 2).reshape(B, S, C))
         return x + F.dropout(self.mlp(self.norm2(x)), self.dropout, self.training)
@@ -148,27 +157,60 @@ class DiffusionPrior(nn.Module):
         x_t: torch.Tensor,
         t: torch.Tensor,
         *,
-        text_embed: torch.Tensor,
+        text_embed: torch.Tensor | None = None,
         text_tokens: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
         text_drop: torch.Tensor | None = None,
+        prefix_kv: torch.Tensor | None = None,
+        prefix_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, L, W = x_t.shape[0], self.config.max_text_len, self.config.width
-        drop = torch.zeros(B, dtype=torch.bool, device=x_t.device) if text_drop is None else text_drop.bool()
-        text = torch.where(drop[:, None], self.null_text.to(x_t.dtype), self.text_proj(text_embed))   # (B, W)
-        tokens, valid = self._tokens(text_tokens, text_mask, drop, B, x_t)                           # (B, L, W), (B, L)
+        """x0 (B, D) from x_t (B, D) and t (B,), given the text or its cached ``encode_text`` output.
+
+        The causal mask lets no caption position see t or x_t, so the prefix [caption tokens][z_t] has the
+        same keys and values at every diffusion step: ``prefix_kv, prefix_valid = encode_text(...)``
+        computes them once per caption and the sampler passes them here, leaving 3 positions per step.
+        """
+        if prefix_kv is None:
+            if text_embed is None:
+                raise ValueError("pass text_embed (and the caption tokens) or prefix_kv/prefix_valid")
+            prefix_kv, prefix_valid = self.encode_text(text_embed, text_tokens, text_mask, text_drop)
+        B, P, W = x_t.shape[0], prefix_valid.shape[1], self.config.width
         time = self.time_mlp(timestep_embedding(t, W).to(x_t.dtype))                                 # (B, W)
         query = self.query.to(x_t.dtype).expand(B, W)
-        seq = torch.cat([tokens, torch.stack([text, time, self.x_proj(x_t), query], dim=1)], dim=1)  # (B, L+4, W)
-        seq = seq + self.position
-        S = L + 4
-        keys = torch.cat([valid, torch.ones(B, 4, dtype=torch.bool, device=x_t.device)], dim=1)    # (B, S)
-        causal = torch.ones(S, S, dtype=torch.bool, device=x_t.device).tril()
-        eye = torch.eye(S, dtype=torch.bool, device=x_t.device)   # a padded position still sees itself
-        mask = (causal & (keys[:, None, :] | eye))[:, None]                                       # (B, 1, S, S)
-        for block in self.blocks:
-            seq = block(seq, mask)
+        seq = torch.stack([time, self.x_proj(x_t), query], dim=1) + self.position[P:]               # (B, 3, W)
+        causal = torch.ones(3, 3, dtype=torch.bool, device=x_t.device).tril()
+        mask = torch.cat([prefix_valid[:, None, :].expand(B, 3, P), causal.expand(B, 3, 3)], dim=2)[:, None]
+        for block, past in zip(self.blocks, prefix_kv.unbind(1)):                                   # (B, 1, 3, P+3)
+            seq = block(seq, mask, past=past)
         return self.out(self.norm(seq[:, -1]))                                                       # (B, D)
+
+    def encode_text(self, text_embed: torch.Tensor, text_tokens: torch.Tensor | None = None,
+                    text_mask: torch.Tensor | None = None, text_drop: torch.Tensor | None = None):
+        """Run the step-independent prefix [caption tokens (L)][text embedding] through every layer.
+
+        Returns ``prefix_kv`` (B, layers, 2, nh, L+1, hs), each layer's keys and values (batch first, so
+        classifier-free guidance concatenates it like any other condition), and ``prefix_valid`` (B, L+1),
+        the prefix positions a later position may attend to.
+        """
+        B, W = text_embed.shape[0], self.config.width
+        drop = torch.zeros(B, dtype=torch.bool, device=text_embed.device) if text_drop is None else text_drop.bool()
+        dtype = self.text_proj.weight.dtype
+        text = torch.where(drop[:, None], self.null_text.to(dtype), self.text_proj(text_embed.to(dtype)))  # (B, W)
+        tokens, valid = self._tokens(text_tokens, text_mask, drop, B, text)                   # (B, L, W), (B, L)
+        seq = torch.cat([tokens, text[:, None].to(tokens.dtype)], dim=1)                      # (B, P, W)
+        P = seq.shape[1]
+        seq = seq + self.position[:P]
+        valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=valid.device)], dim=1)    # (B, P)
+        causal = torch.ones(P, P, dtype=torch.bool, device=seq.device).tril()
+        eye = torch.eye(P, dtype=torch.bool, device=seq.device)   # a padded position still sees itself
+        mask = (causal & (valid[:, None, :] | eye))[:, None]                                         # (B, 1, P, P)
+        kv = []
+        for i, block in enumerate(self.blocks):
+            qkv = block.qkv_heads(seq)
+            kv.append(qkv[1:])
+            if i + 1 < len(self.blocks):  # the last layer's prefix outputs are never read
+                seq = block(seq, mask, qkv=qkv)
+        return torch.stack(kv, dim=0).permute(2, 0, 1, 3, 4, 5), valid
 
     def _tokens(self, text_tokens, text_mask, drop, B, like):
         """Projected caption tokens (B, L, W) and their validity (B, L), null tokens where dropped."""
@@ -257,6 +299,13 @@ def sample_prior(
             uncond["text_tokens"], cond["text_tokens"], uncond["text_mask"], cond["text_mask"])
     else:
         uncond = {"text_drop": torch.ones(B * num_candidates, dtype=torch.bool, device=device)}
+    def prefix(kwargs):  # the caption prefix's keys and values, computed once instead of at every step
+        kv, valid = prior.encode_text(kwargs["text_embed"], kwargs["text_tokens"], kwargs["text_mask"],
+                                      kwargs.get("text_drop"))
+        return {"prefix_kv": kv, "prefix_valid": valid}
+
+    uncond = prefix({**cond, **uncond}) if guidance_scale != 1.0 else {}
+    cond = prefix(cond)
     model_fn = classifier_free_guidance(prior, guidance_scale, uncond)
     diffusion = GaussianDiffusion(prior.config.diffusion)
     x0 = sample(sampler, model_fn, x_T, diffusion, steps=steps, eta=eta, generator=generator,

@@ -40,10 +40,11 @@ from unclip.errors import CheckpointError, UnclipError
 from unclip.models.token_transformer import TokenTransformer
 from unclip.models.vq import VQModel
 from unclip.pipelines import PipelineOutput, read_pipeline_json
+from unclip.precision import autocast, resolve_precision
 
 __all__ = ["ClipVQPipeline", "DEFAULTS"]
 
-DEFAULTS = {"steps": 50, "guidance_scale": 3.0, "truncation": 0.9, "sampler": "ancestral"}
+DEFAULTS = {"steps": 50, "guidance_scale": 3.0, "truncation": 0.9, "sampler": "ancestral", "precision": "auto"}
 SAMPLERS = ("ancestral", "purity")
 
 
@@ -74,8 +75,9 @@ class ClipVQPipeline:
         return self.vq.config.image_size
 
     def resolve_settings(self, *, steps=None, guidance_scale=None, truncation=None, sampler=None,
-                         decoder_steps=None, decoder_guidance=None) -> dict[str, Any]:
+                         decoder_steps=None, decoder_guidance=None, precision=None) -> dict[str, Any]:
         s = dict(self.defaults)
+        s["precision"] = resolve_precision(precision or s["precision"], self.device)
         for key, value in (("steps", steps if steps is not None else decoder_steps),
                            ("guidance_scale", guidance_scale if guidance_scale is not None else decoder_guidance),
                            ("truncation", truncation), ("sampler", sampler)):
@@ -102,8 +104,8 @@ class ClipVQPipeline:
         """Generate ``num_images_per_prompt`` images per prompt.
 
         ``settings``: ``steps`` (alias ``decoder_steps``), ``guidance_scale`` (alias ``decoder_guidance``),
-        ``truncation`` (r), ``sampler`` ("ancestral" or "purity"). ``callback("decoder", step, total, codes)``
-        after every step.
+        ``truncation`` (r), ``sampler`` ("ancestral" or "purity"), ``precision`` ("auto", "fp32", "bf16"; see
+        ``unclip.precision``). ``callback("decoder", step, total, codes)`` after every step.
         """
         from unclip.pipelines.unclip import make_seeds
 
@@ -122,8 +124,9 @@ class ClipVQPipeline:
         try:
             for start in chunks:
                 rows = slice(start, start + batch_size)
-                images.append(self._sample(seeds[rows], cond[rows] if cond is not None else None,
-                                           uncond[rows] if uncond is not None else None, s, callback, bar))
+                with autocast(s["precision"], self.device):
+                    images.append(self._sample(seeds[rows], cond[rows] if cond is not None else None,
+                                               uncond[rows] if uncond is not None else None, s, callback, bar))
         finally:
             bar.close()
         images = torch.cat(images)

@@ -24,6 +24,7 @@ from unclip.errors import UnclipError
 from unclip.pipelines import PipelineOutput
 from unclip.pipelines.images import from_pil, load_image
 from unclip.pipelines.sampling import decoder_kwargs
+from unclip.precision import autocast
 
 __all__ = ["slerp", "variations", "interpolate", "text_diff", "text_diff_embeddings", "invert"]
 
@@ -63,11 +64,16 @@ def _as_tensor(pipe, image) -> torch.Tensor:
 
 
 @torch.no_grad()
-def invert(pipe, images: torch.Tensor, image_embed: torch.Tensor, steps: int) -> torch.Tensor:
+def invert(pipe, images: torch.Tensor, image_embed: torch.Tensor, steps: int, precision: str = "fp32") -> torch.Tensor:
     """DDIM-invert images [B, 3, S, S] under the decoder conditioned on z_i (unguided) → x_T [B, 3, S, S]."""
     cond, _ = decoder_kwargs(pipe.decoder.model, images.shape[0], images.device,
                              image_embed=image_embed if pipe.decoder.model.config.image_embed_dim else None)
-    return ddim_invert(pipe.decoder.model, images, pipe.decoder.diffusion, steps=steps, model_kwargs=cond)
+    with autocast(precision, images.device):
+        return ddim_invert(pipe.decoder.model, images, pipe.decoder.diffusion, steps=steps, model_kwargs=cond)
+
+
+def _invert(pipe, images: torch.Tensor, image_embed: torch.Tensor, settings: dict[str, dict]) -> torch.Tensor:
+    return invert(pipe, images, image_embed, settings["decoder"]["steps"], settings["decoder"]["precision"])
 
 
 def _check_manipulable(pipe) -> None:
@@ -109,7 +115,7 @@ def variations(pipe, image, *, num_images: int = 4, seed=None, callback: Callabl
     seeds = make_seeds(seed, num_images)
     fixed = None
     if from_inversion:
-        fixed = invert(pipe, x, z, settings["decoder"]["steps"]).repeat(num_images, 1, 1, 1)
+        fixed = _invert(pipe, x, z, settings).repeat(num_images, 1, 1, 1)
     noise = pipe._noise(seeds, with_prior=False, decoder_noise=fixed)
     images = pipe._run(seeds, noise, settings, callback, progress, 16, image_embed=z.repeat(num_images, 1))
     info = {"operation": "variations", "from_inversion": from_inversion, "stages": settings}
@@ -134,7 +140,7 @@ def interpolate(pipe, image_a, image_b, *, num_frames: int = 8, seed=None, callb
     z_frames = slerp(z[0:1].expand(num_frames, -1), z[1:2].expand(num_frames, -1), thetas)
     seeds = make_seeds(seed, 1) * num_frames  # the same noise in every frame
     if noise == "inversion":
-        latents = invert(pipe, xs, z, settings["decoder"]["steps"])  # [2, 3, S, S]
+        latents = _invert(pipe, xs, z, settings)  # [2, 3, S, S]
         flat = latents.flatten(1)
         fixed = slerp(flat[0:1].expand(num_frames, -1), flat[1:2].expand(num_frames, -1), thetas)
         fixed = fixed.reshape(num_frames, *latents.shape[1:])
@@ -180,7 +186,7 @@ def text_diff(pipe, image, from_caption: str, to_caption: str, *, num_frames: in
     thetas = torch.linspace(0, max_theta, num_frames, device=z.device)
     z_frames = text_diff_embeddings(pipe, z, from_caption, to_caption, thetas)
     seeds = make_seeds(seed, 1) * num_frames
-    fixed = invert(pipe, x, z, settings["decoder"]["steps"]).repeat(num_frames, 1, 1, 1) if noise == "inversion" else None
+    fixed = _invert(pipe, x, z, settings).repeat(num_frames, 1, 1, 1) if noise == "inversion" else None
     state = pipe._noise(seeds, with_prior=False, decoder_noise=fixed)
     images = pipe._run(seeds, state, settings, callback, progress, 16, image_embed=z_frames)
     info = {"operation": "text_diff", "from": from_caption, "to": to_caption, "noise": noise,

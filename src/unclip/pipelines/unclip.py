@@ -41,15 +41,16 @@ from unclip.models.unet import UNet
 from unclip.pipelines import PipelineOutput, read_pipeline_json
 from unclip.pipelines.images import to_numpy, to_pil
 from unclip.pipelines.prior_adapter import PriorComponent, load_prior_component
-from unclip.pipelines.sampling import check_sampler, is_stochastic, sample_decoder, sample_upsampler
+from unclip.pipelines.sampling import check_sampler, fast_layout, is_stochastic, sample_decoder, sample_upsampler
+from unclip.precision import autocast, resolve_precision
 from unclip.train.stages.decoder import write_component
 
 __all__ = ["UnCLIPPipeline", "Component", "assemble_unclip", "make_seeds", "DEFAULTS", "IMAGE_EMBED_SOURCES"]
 
-DEFAULTS = {
-    "prior": {"steps": 25, "sampler": "ddim", "guidance_scale": 2.0},
-    "decoder": {"steps": 25, "sampler": "ddim", "guidance_scale": 3.0},
-    "upsampler": {"steps": 15, "sampler": "ddim"},
+DEFAULTS = {  # "precision": "auto" = bf16 where the hardware has native bf16, else fp32 (unclip.precision)
+    "prior": {"steps": 25, "sampler": "ddim", "guidance_scale": 2.0, "precision": "auto"},
+    "decoder": {"steps": 25, "sampler": "ddim", "guidance_scale": 3.0, "precision": "auto"},
+    "upsampler": {"steps": 15, "sampler": "ddim", "precision": "auto"},
 }
 SEED_MAX = 2**31 - 1
 IMAGE_EMBED_SOURCES = ("prior", "text", "none")
@@ -151,8 +152,12 @@ class UnCLIPPipeline:
     # --- settings -------------------------------------------------------------------
     def resolve_settings(self, *, prior_steps=None, decoder_steps=None, upsampler_steps=None, prior_guidance=None,
                          decoder_guidance=None, sampler=None, prior_sampler=None, decoder_sampler=None,
-                         upsampler_sampler=None, eta=0.0) -> dict[str, dict]:
-        """Per-stage {steps, sampler, guidance_scale} from the arguments over the pipeline defaults."""
+                         upsampler_sampler=None, eta=0.0, precision=None) -> dict[str, dict]:
+        """Per-stage {steps, sampler, guidance_scale, eta, precision} from the arguments over the defaults.
+
+        ``precision`` ("auto", "fp32" or "bf16") applies to every stage and is resolved for this
+        pipeline's device, so the settings record what actually ran.
+        """
         for name, value in (("prior_steps", prior_steps), ("decoder_steps", decoder_steps),
                             ("upsampler_steps", upsampler_steps)):
             _check_positive(name, value, 1000)
@@ -172,6 +177,7 @@ class UnCLIPPipeline:
                                              ("guidance_scale", guidance)) if v is not None})
             values["steps"] = int(values["steps"])
             values["eta"] = float(eta) if values["sampler"] == "ddim" else 0.0
+            values["precision"] = resolve_precision(precision or values.get("precision", "auto"), self.device)
             check_sampler(values["sampler"], values["eta"])
             settings[stage] = values
         return settings
@@ -185,7 +191,8 @@ class UnCLIPPipeline:
 
         ``stage_settings``: ``prior_steps``, ``decoder_steps``, ``upsampler_steps``, ``prior_guidance``,
         ``decoder_guidance``, ``sampler`` (all stages) or ``prior_sampler``/``decoder_sampler``/
-        ``upsampler_sampler``, ``eta`` (DDIM). ``callback(stage, step, total, x)`` after every step.
+        ``upsampler_sampler``, ``eta`` (DDIM), ``precision`` ("auto", "fp32", "bf16"; see
+        ``unclip.precision``). ``callback(stage, step, total, x)`` after every step.
         ``image_embed_source``: ``"prior"``, ``"text"`` or ``"none"`` (see the module docstring).
         """
         prompts = check_captions(prompts)
@@ -278,25 +285,30 @@ class UnCLIPPipeline:
             z = None
         elif image_embed is None:
             s = settings["prior"]
-            z = self.prior.sample(
-                text_g, negative_g, noise=torch.cat([noise["prior"][i] for i in group]), steps=s["steps"],
-                sampler=s["sampler"], guidance_scale=s["guidance_scale"], eta=s["eta"], generator=generator,
-                callback=_stage_callback("prior", bars.get("prior"), callback))
+            with autocast(s["precision"], self.device):
+                z = self.prior.sample(
+                    text_g, negative_g, noise=torch.cat([noise["prior"][i] for i in group]), steps=s["steps"],
+                    sampler=s["sampler"], guidance_scale=s["guidance_scale"], eta=s["eta"], generator=generator,
+                    callback=_stage_callback("prior", bars.get("prior"), callback)).float()
         else:
             z = image_embed[group]
         s = settings["decoder"]
-        x = sample_decoder(self.decoder.model, self.decoder.diffusion, torch.cat([noise["decoder"][i] for i in group]),
-                           image_embed=z, text=text_g,
-                           negative_text=negative_g, guidance_scale=s["guidance_scale"], sampler=s["sampler"],
-                           steps=s["steps"], eta=s["eta"], generator=generator,
-                           callback=_stage_callback("decoder", bars.get("decoder"), callback))
+        with autocast(s["precision"], self.device):
+            x = sample_decoder(
+                self.decoder.model, self.decoder.diffusion, torch.cat([noise["decoder"][i] for i in group]),
+                image_embed=z, text=text_g, negative_text=negative_g, guidance_scale=s["guidance_scale"],
+                sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator,
+                callback=_stage_callback("decoder", bars.get("decoder"), callback),
+                channels_last=fast_layout("decoder", s["precision"], self.device))
         if self.upsampler is not None:
             s = settings["upsampler"]
-            x = sample_upsampler(self.upsampler.model, self.upsampler.diffusion, x,
-                                 torch.cat([noise["upsampler"][i] for i in group]),
-                                 noise_level=int(self.upsampler.info.get("noise_level", 0)), sampler=s["sampler"],
-                                 steps=s["steps"], eta=s["eta"], generator=generator,
-                                 callback=_stage_callback("upsampler", bars.get("upsampler"), callback))
+            with autocast(s["precision"], self.device):
+                x = sample_upsampler(self.upsampler.model, self.upsampler.diffusion, x,
+                                     torch.cat([noise["upsampler"][i] for i in group]),
+                                     noise_level=int(self.upsampler.info.get("noise_level", 0)),
+                                     sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator,
+                                     callback=_stage_callback("upsampler", bars.get("upsampler"), callback),
+                                     channels_last=fast_layout("upsampler", s["precision"], self.device))
         return x
 
     @staticmethod
