@@ -279,7 +279,7 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         f"thread(s) per core{', ' + hw['Hypervisor vendor'] + ' VM' if 'Hypervisor vendor' in hw else ''}), "
         f"{hw.get('memory_gib', '?')} GiB memory; {summary['threads']} torch threads per run.",
         f"- Measured matmul peak ({summary.get('peak_size', 2048)}² matrices, best of 10, max of before/after the "
-        f"runs, on the same loaded machine): fp32 **{peak['fp32'] / 1e9:.1f} GFLOP/s**, bf16 "
+        f"runs, on the same machine): fp32 **{peak['fp32'] / 1e9:.1f} GFLOP/s**, bf16 "
         f"**{peak['bf16'] / 1e9:.1f} GFLOP/s** (each measurement: "
         + "; ".join(f"{p['fp32'] / 1e9:.0f} / {p['bf16'] / 1e9:.0f}" for p in summary.get("peaks", [])) + ")"
         + (f"; per CPU-second of all threads (robust to time-slicing by other processes): fp32 "
@@ -327,8 +327,8 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         "  workload). Models are randomly initialised; text conditioning is precomputed (random CLIP",
         "  embeddings and 77 token states of width 256), so no text encoder is timed except diffusers' tiny",
         "  one, which its pipeline runs once for the empty unconditional prompt.",
-        "- The machine is shared and was noisy during the run (other engineers' tests and trainings on the same",
-        "  2 cores). Absolute seconds are therefore pessimistic and vary between runs; the systems run",
+        "- The machine is shared: other engineers' tests and trainings can take the same 2 cores during a run",
+        "  (the Analysis says how loaded it was). Absolute seconds vary between runs; the systems run",
         "  alternately (A/B/C, then C/B/A, ...), and the ratios are medians of per-repetition ratios, which is",
         "  what makes them comparable. The same holds for the matmul peak, measured before and after.",
         "- Each run also records its CPU time (`time.process_time()`, all threads). When other processes take",

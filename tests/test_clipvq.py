@@ -2,13 +2,14 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from unclip.checkpoint import save_model
 from unclip.config import from_dict
-from unclip.errors import ConfigError
+from unclip.errors import ConfigError, UnclipError
 from unclip.models.token_transformer import TokenTransformer, TokenTransformerConfig
 from unclip.models.vq import VQConfig, VQModel
 from unclip.train.stages.clipvq import ClipVQStage, ClipVQStageConfig, perturb_embedding
@@ -142,3 +143,10 @@ def test_train_export_generate_round_trip(tmp_path, capsys):
     assert experiment(["--merge", str(tmp_path / "exp.json"), "--plot", str(tmp_path / "bars.png")]) == 0
     assert (tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| tiny |" in capsys.readouterr().out
+    # --vq alone: the tokenizer's round-trip ceiling, from its run directory
+    vq_dir = Path(pipe.save(tmp_path / "copy")) / "vq"
+    assert experiment(["--vq", str(vq_dir), "--prompts", "3", "--out", str(tmp_path / "vq.json")]) == 0
+    rows = json.loads((tmp_path / "vq.json").read_text())["results"]
+    assert set(rows) == {"real renders", "VQ reconstructions"} and rows["VQ reconstructions"]["n"] == 3
+    with pytest.raises(UnclipError, match="no tokenizer"):
+        experiment(["--vq", str(tmp_path), "--prompts", "3", "--out", str(tmp_path / "none.json")])

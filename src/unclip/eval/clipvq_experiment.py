@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from unclip.data.shapes import all_combinations, pil_to_tensor, render_shape
+from unclip.errors import UnclipError
 from unclip.eval.shapes_checker import score_images
 
 __all__ = ["experiment_prompts", "evaluate_pipeline", "main"]
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-encoder", default=None, help="encoder dir NOT used for conditioning")
     parser.add_argument("--out", help="JSON results; grids go next to it")
     parser.add_argument("--plot", metavar="PNG", help="also draw the per-attribute accuracy bar chart")
+    parser.add_argument("--vq", metavar="DIR", help="score a tokenizer's round trip of real renders (the ceiling of "
+                                                  "every generator on it); with --run, replaces the runs' own")
     args = parser.parse_args(argv)
     if args.merge:
         merged: dict[str, dict] = {}
@@ -109,8 +112,8 @@ def main(argv=None) -> int:
         if args.plot:
             plot_accuracy(merged, Path(args.plot))
         return 0
-    if not args.run or not args.out:
-        parser.error("give --out and at least one --run LABEL=DIR (or --merge)")
+    if not (args.run or args.vq) or not args.out:
+        parser.error("give --out and at least one --run LABEL=DIR or --vq DIR (or --merge)")
 
     prompts = experiment_prompts(args.prompts, args.seed)
     eval_encoder = None
@@ -133,8 +136,8 @@ def main(argv=None) -> int:
         results[label] = {"dir": directory, **metrics}
         save_png(image_grid(images[:32], columns=8), out_path.with_name(f"{out_path.stem}_{label}.png"))
         print(json.dumps({label: results[label]}), flush=True)
-    if pipe is not None:
-        results.update(_reference_rows(prompts, pipe.image_size, pipe.vq, eval_encoder))
+    vq = _load_vq(args.vq) if args.vq else pipe.vq if pipe is not None else None
+    results.update(_reference_rows(prompts, vq.config.image_size, vq, eval_encoder))
     record = {"prompts": len(prompts), "seed": args.seed, "settings": settings,
               "eval_encoder": args.eval_encoder, "results": results}
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +146,16 @@ def main(argv=None) -> int:
     if args.plot:
         plot_accuracy(results, Path(args.plot))
     return 0
+
+
+def _load_vq(directory: str):
+    from unclip.checkpoint import load_model
+
+    path = Path(directory)
+    for candidate in (path, path / "final", path / "final" / "vq"):
+        if (candidate / "model.safetensors").is_file():
+            return load_model(candidate / "model.safetensors").eval()
+    raise UnclipError(f"no tokenizer model.safetensors in {directory} (give a `unclip train vq` run or its final/)")
 
 
 ATTRIBUTES = [("exact", "exact match"), ("color_acc", "colour"), ("shape_acc", "shape"),
