@@ -179,8 +179,9 @@ class DiffusionPrior(nn.Module):
         query = self.query.to(x_t.dtype).expand(B, W)
         seq = torch.stack([time, self.x_proj(x_t), query], dim=1) + self.position[P:]               # (B, 3, W)
         causal = torch.ones(3, 3, dtype=torch.bool, device=x_t.device).tril()
-        mask = torch.cat([prefix_valid[:, None, :].expand(B, 3, P), causal.expand(B, 3, 3)], dim=2)[:, None]
-        for block, past in zip(self.blocks, prefix_kv.unbind(1)):                                   # (B, 1, 3, P+3)
+        keys = torch.cat([prefix_valid[:, None, :].expand(B, 3, P), causal.expand(B, 3, 3)], dim=2)  # (B, 3, P+3)
+        mask = keys[:, None]
+        for block, past in zip(self.blocks, prefix_kv.unbind(1)):
             seq = block(seq, mask, past=past)
         return self.out(self.norm(seq[:, -1]))                                                       # (B, D)
 
@@ -299,6 +300,7 @@ def sample_prior(
             uncond["text_tokens"], cond["text_tokens"], uncond["text_mask"], cond["text_mask"])
     else:
         uncond = {"text_drop": torch.ones(B * num_candidates, dtype=torch.bool, device=device)}
+
     def prefix(kwargs):  # the caption prefix's keys and values, computed once instead of at every step
         kv, valid = prior.encode_text(kwargs["text_embed"], kwargs["text_tokens"], kwargs["text_mask"],
                                       kwargs.get("text_drop"))
