@@ -148,5 +148,6 @@ def test_train_export_generate_round_trip(tmp_path, capsys):
     assert experiment(["--vq", str(vq_dir), "--prompts", "3", "--out", str(tmp_path / "vq.json")]) == 0
     rows = json.loads((tmp_path / "vq.json").read_text())["results"]
     assert set(rows) == {"real renders", "VQ reconstructions"} and rows["VQ reconstructions"]["n"] == 3
-    with pytest.raises(UnclipError, match="no tokenizer"):
-        experiment(["--vq", str(tmp_path), "--prompts", "3", "--out", str(tmp_path / "none.json")])
+    with pytest.raises(UnclipError, match="no VQ tokenizer"):
+        (tmp_path / "empty").mkdir()
+        experiment(["--vq", str(tmp_path / "empty"), "--prompts", "3", "--out", str(tmp_path / "none.json")])

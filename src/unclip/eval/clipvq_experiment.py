@@ -30,6 +30,7 @@ import torch
 from unclip.data.shapes import all_combinations, pil_to_tensor, render_shape
 from unclip.errors import UnclipError
 from unclip.eval.shapes_checker import score_images
+from unclip.train.stages.clipvq import load_vq
 
 __all__ = ["experiment_prompts", "evaluate_pipeline", "main"]
 
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
         results[label] = {"dir": directory, **metrics}
         save_png(image_grid(images[:32], columns=8), out_path.with_name(f"{out_path.stem}_{label}.png"))
         print(json.dumps({label: results[label]}), flush=True)
-    vq = _load_vq(args.vq) if args.vq else pipe.vq if pipe is not None else None
+    vq = load_vq(args.vq).eval() if args.vq else pipe.vq if pipe is not None else None
     results.update(_reference_rows(prompts, vq.config.image_size, vq, eval_encoder))
     record = {"prompts": len(prompts), "seed": args.seed, "settings": settings,
               "eval_encoder": args.eval_encoder, "results": results}
@@ -146,16 +147,6 @@ def main(argv=None) -> int:
     if args.plot:
         plot_accuracy(results, Path(args.plot))
     return 0
-
-
-def _load_vq(directory: str):
-    from unclip.checkpoint import load_model
-
-    path = Path(directory)
-    for candidate in (path, path / "final", path / "final" / "vq"):
-        if (candidate / "model.safetensors").is_file():
-            return load_model(candidate / "model.safetensors").eval()
-    raise UnclipError(f"no tokenizer model.safetensors in {directory} (give a `unclip train vq` run or its final/)")
 
 
 ATTRIBUTES = [("exact", "exact match"), ("color_acc", "colour"), ("shape_acc", "shape"),
@@ -198,4 +189,7 @@ def markdown_table(results: dict[str, dict]) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UnclipError as exc:
+        raise SystemExit(f"error: {exc}") from None
