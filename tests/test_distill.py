@@ -179,3 +179,40 @@ def test_bad_configs_are_one_line_errors(tmp_path, teacher):
     assert "\n" not in str(err.value)
     with pytest.raises(UnclipError, match="power-of-two"):
         DistillStage(_config(root, teacher_dir, student_steps=48, rounds=1))
+
+
+def test_guided_distillation_targets_the_guided_teacher_in_round_one(tmp_path, teacher):
+    """distill.guidance_scale = w (Meng et al. 2023): round 1 distils out_u + w (out_c - out_u), later rounds
+    the student as it is, and the export samples unguided (one UNet call per step)."""
+    from unclip.pipelines import assemble
+    from unclip.train.engine import run_training
+
+    root, encoder_dir, teacher_dir = teacher
+    guided = DistillStage(_config(root, teacher_dir, guidance_scale=3.0))
+    plain = DistillStage(_config(root, teacher_dir))
+    pair = guided.build_model()
+    z = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([99, 70, 40, 10])
+    kwargs = {"image_embed": torch.randn(4, 16, generator=torch.Generator().manual_seed(1)),
+              "drop_image": torch.tensor([False, False, True, False]), "drop_text": torch.tensor([True] * 4)}
+    ones = torch.ones(4, dtype=torch.bool)
+    with torch.no_grad():
+        out_c = pair.teacher(z, t, **kwargs)
+        out_u = pair.teacher(z, t, **{**kwargs, "drop_image": ones, "drop_text": ones})
+        want = out_u + 3.0 * (out_c - out_u)
+        assert torch.allclose(guided._teacher_fn(pair, kwargs["drop_image"])(z, t, **kwargs), want, atol=1e-5)
+        assert not torch.allclose(want, out_c, atol=1e-3)
+        assert plain._teacher_fn(pair, kwargs["drop_image"]) is pair.teacher
+        batch = _fixed_batch(guided)
+        loss = lambda stage: float(stage.distill_loss(pair, batch, torch.Generator().manual_seed(0), 4)[0])
+        assert abs(loss(guided) - loss(plain)) > 1e-6 * loss(plain)      # round 1: another target
+        pair.round.fill_(1)
+        assert guided._teacher_fn(pair, kwargs["drop_image"]) is pair.teacher
+        assert loss(guided) == loss(plain)                                # round 2: the student's own trajectory
+    final = run_training(guided, tmp_path / "run")
+    info = json.loads((final / "decoder" / "component.json").read_text())
+    assert info["sample"]["guidance_scale"] == 1.0 and info["distilled"]["guidance_scale"] == 3.0
+    pipe = assemble(tmp_path / "pipe", encoder=encoder_dir, decoder=tmp_path / "run")
+    assert pipe.defaults["decoder"]["guidance_scale"] == 1.0 and pipe.defaults["decoder"]["steps"] == 2
+    with pytest.raises(ConfigError, match="guidance_scale=0.5"):
+        _config(root, teacher_dir, guidance_scale=0.5)

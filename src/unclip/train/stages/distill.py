@@ -18,10 +18,16 @@ from ``sampling_timesteps(T, 2N)``; the 2N grid must contain the N grid at its e
 ``nested_grids`` checks. Trailing spacing nests for every power-of-two N on T = 1000 but not for every
 N (rounding of T/N: N = 48 fails), hence the check.
 
-Classifier-free guidance: teacher and student get the same (possibly dropped, rates ``drop_image`` /
-``drop_text``) conditioning, so both the conditional and the unconditional branch are distilled and the
-guidance scale stays adjustable at sampling. (Meng et al. 2023, arXiv 2210.03142, distil a guided
-teacher into a student that takes the scale as input instead.)
+Classifier-free guidance, two ways:
+
+* ``distill.guidance_scale = 0`` (default): teacher and student get the same (possibly dropped, rates
+  ``drop_image`` / ``drop_text``) conditioning, so both the conditional and the unconditional branch are
+  distilled and the guidance scale stays adjustable at sampling (two UNet calls per step).
+* ``distill.guidance_scale = w``: round 1's teacher is the *guided* teacher, out_u + w (out_c - out_u)
+  (Ho & Salimans 2022, eq. 6), so the student learns the guided DDIM trajectory itself and samples at
+  guidance 1: one UNet call per step. This is Meng et al. 2023 ("On Distillation of Guided Diffusion
+  Models", arXiv 2210.03142, §3.1-3.2) with w fixed instead of a w input, which keeps the UNet unchanged.
+  Later rounds distil the (already guided) student unguided, as their stage two does.
 
 The stage reuses the decoder stage's data, frozen encoder and conditioning (``DecoderStage``), and its
 export is a normal decoder component with ``distilled`` and ``sample.steps = N_final`` in component.json.
@@ -40,6 +46,7 @@ import torch
 from unclip.checkpoint import load_model, read_metadata
 from unclip.config import from_dict
 from unclip.diffusion.gaussian import GaussianDiffusion, expand, output_to_x0_eps
+from unclip.diffusion.guidance import classifier_free_guidance
 from unclip.diffusion.schedule import DiffusionConfig, sampling_timesteps
 from unclip.errors import UnclipError
 from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
@@ -66,10 +73,14 @@ class DistillSettings:
     rounds: int = 3              # N, N/2, ..., N/2^(rounds-1) = the distilled decoder's steps
     steps_per_round: int = 500   # optimiser steps per round; train.steps must be rounds * steps_per_round
     clip_denoised: bool = True   # clip the teacher's x0 to [-1, 1] as the pipeline's sampler does
+    guidance_scale: float = 0.0  # 0: distil both CFG branches; w >= 1: distil the teacher guided at w (Meng et al.)
 
     def __post_init__(self):
         if self.student_steps < 1 or self.rounds < 1 or self.steps_per_round < 1:
             raise ValueError("distill.student_steps, distill.rounds and distill.steps_per_round must be >= 1")
+        if self.guidance_scale != 0 and not 1 <= self.guidance_scale <= 30:
+            raise ValueError(f"distill.guidance_scale={self.guidance_scale}: use 0 (distil both guidance branches) "
+                             "or a guidance scale in [1, 30] to distil the guided teacher")
         if self.student_steps % 2 ** (self.rounds - 1):
             raise ValueError(f"student_steps={self.student_steps} cannot be halved {self.rounds - 1} times; "
                              f"use a multiple of {2 ** (self.rounds - 1)} or fewer rounds")
@@ -273,8 +284,9 @@ class DistillStage(Stage):
         t = torch.tensor(student_grid, device=images.device)[index]
         noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         z_t = self.diffusion.q_sample(images, t, noise)
-        x_target, _ = teacher_ddim_target(model.teacher, self.diffusion, z_t, index, student_grid, teacher_grid,
-                                          model_kwargs=kwargs, clip_denoised=self.config.distill.clip_denoised)
+        x_target, _ = teacher_ddim_target(self._teacher_fn(model, drop_image), self.diffusion, z_t, index,
+                                          student_grid, teacher_grid, model_kwargs=kwargs,
+                                          clip_denoised=self.config.distill.clip_denoised)
         mean_out, _ = self.diffusion.split_output(model.student(z_t, t, **kwargs))
         a_t = self.diffusion.alpha_bar(t, z_t)
         x_pred, _ = output_to_x0_eps(self.diffusion.config.prediction, mean_out, z_t, a_t)
@@ -282,6 +294,16 @@ class DistillStage(Stage):
         error = (x_pred - x_target.to(x_pred.dtype)) ** 2
         loss = (weight * error).mean()
         return loss, {"steps": float(steps), "x_mse": float(error.detach().mean())}
+
+    def _teacher_fn(self, model: DistillPair, drop_image: torch.Tensor):
+        """Round 1 with ``distill.guidance_scale = w``: the teacher guided at w, its unconditional branch
+        built as the pipeline builds it (CLIP embedding and caption both dropped); otherwise the teacher."""
+        scale = self.config.distill.guidance_scale
+        if not scale or int(model.round) > 0:
+            return model.teacher
+        ones = torch.ones_like(drop_image)
+        return classifier_free_guidance(model.teacher, scale, {"drop_image": ones, "drop_text": ones},
+                                        learn_variance=self.diffusion.config.learn_variance)
 
     # --- evaluation and export ------------------------------------------------------
     def evaluate(self, model: DistillPair, out_dir: Path, step: int) -> dict[str, float]:
@@ -293,7 +315,10 @@ class DistillStage(Stage):
         """
         steps = self.round_steps(model)
         inner = copy.copy(self.decoder)
-        inner.config = dataclasses.replace(inner.config, sample=dataclasses.replace(inner.config.sample, steps=steps))
+        sample = dataclasses.replace(inner.config.sample, steps=steps)
+        if self.config.distill.guidance_scale:  # the student is guided already
+            sample = dataclasses.replace(sample, guidance_scale=1.0)
+        inner.config = dataclasses.replace(inner.config, sample=sample)
         metrics = inner.evaluate(model.student, out_dir, step)
         write_component(Path(out_dir) / "decoder", model.student, self._component_info(int(model.round) + 1))
         return {**metrics, "steps": float(steps)}
@@ -306,6 +331,10 @@ class DistillStage(Stage):
         info["distilled"] = {"steps": steps, "rounds": rounds_done, "teacher": str(d.teacher),
                              "student_steps": d.student_steps, "steps_per_round": d.steps_per_round,
                              "method": "progressive distillation, Salimans & Ho 2022 (arXiv 2202.00512), Alg. 2"}
+        if d.guidance_scale:  # guidance is inside the student: sample it unguided (one UNet call per step)
+            info["sample"]["guidance_scale"] = 1.0
+            info["distilled"].update(guidance_scale=d.guidance_scale,
+                                     guidance="guided teacher, Meng et al. 2023 (arXiv 2210.03142), w fixed")
         return info
 
     def export(self, model: DistillPair, out_dir: Path) -> Path:
