@@ -199,6 +199,33 @@ def test_embedding_metrics_ranks():
     assert subset["cosine"] == pytest.approx(1.0) and subset["mean_rank"] == 1.0
 
 
+def test_retrieval_ranks_do_not_let_the_true_image_beat_itself():
+    from unclip.eval.prior_eval import embedding_metrics
+
+    # a query equal to its true image must rank it first; comparing against an elementwise cosine
+    # (which differs from the matmul entry in the last bits) put about a third of these at rank 2
+    embeds = F.normalize(torch.randn(512, 64, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert embedding_metrics(embeds, embeds)["top1"] == 1.0
+
+
+def test_caption_level_retrieval_and_paired_bootstrap():
+    from unclip.eval.prior_eval import embedding_metrics, paired_bootstrap, per_query_metrics
+
+    gallery = torch.eye(4)
+    captions = ["a", "b", "a", "c"]
+    swapped = gallery[[2, 1, 0, 3]]                # queries 0 and 2 hit the other image of caption "a"
+    m = embedding_metrics(swapped, gallery, captions=captions)
+    assert m["top1"] == 0.5 and m["caption_top1"] == 1.0 and m["caption_mean_rank"] == 1.0
+    wrong = per_query_metrics(gallery[[1, 0, 3, 2]], gallery, captions=captions)
+    assert wrong["caption_rank"].tolist() == [2.0, 2.0, 2.0, 2.0]
+    right = per_query_metrics(gallery, gallery, captions=captions)
+    same = paired_bootstrap(right, right)
+    assert same["top1"] == {"diff": 0.0, "low": 0.0, "high": 0.0}
+    better = paired_bootstrap(right, wrong, resamples=200)
+    assert better["top1"]["diff"] == 1.0 and better["top1"]["low"] > 0
+    assert better["mean_rank"]["diff"] == -1.0 and better["caption_top1"]["high"] == 1.0
+
+
 def test_same_caption_reference_rows():
     from unclip.eval.prior_eval import _caption_means, _other_image_of_caption
 

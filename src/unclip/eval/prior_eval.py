@@ -15,6 +15,13 @@ share the caption (several images often share one caption, which also caps top-1
 ``same_caption_image`` is the level of an ideal sampler: another held-out image with the same caption
 (scored on the rows whose caption has one).
 
+When captions repeat, image-level retrieval is capped (no caption-conditioned method can tell apart
+two images of one caption), so the table adds caption-level retrieval: ``caption_top1`` /
+``caption_mean_rank`` rank the *best* image sharing the query's caption, i.e. whether the embedding
+retrieves an image of the right caption. ``differences`` holds prior − text embedding per query, with a
+paired bootstrap 95% interval of the mean (Efron & Tibshirani 1993, percentile interval), so a "win" on a
+metric is one whose interval excludes 0.
+
     python -m unclip.eval.prior_eval --prior runs/prior-shapes --embeddings data/emb/shapes32 --split test
 """
 
@@ -32,22 +39,82 @@ import torch.nn.functional as F
 
 from unclip.errors import UnclipError
 
-__all__ = ["embedding_metrics", "evaluate_prior", "resolve_prior_path", "format_table", "main"]
+__all__ = ["embedding_metrics", "per_query_metrics", "paired_bootstrap", "evaluate_prior", "resolve_prior_path", "format_table", "main"]
 
 
-def embedding_metrics(pred: torch.Tensor, true_image: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, float]:
+def per_query_metrics(pred: torch.Tensor, true_image: torch.Tensor, rows: torch.Tensor | None = None,
+                      captions: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per-query scores of predicted embeddings pred [M, D] against the gallery true_image [N, D].
+
+    Query k's true image is gallery row ``rows[k]`` (default: k). Returns float tensors [M]: ``cosine``,
+    ``rank`` (1 = best; ties count in our favour) and, with ``captions`` (one per gallery row),
+    ``caption_rank``: the rank of the best-scoring gallery image that shares the query's caption, among
+    the images of other captions.
+    """
+    pred, gallery = F.normalize(pred.float(), dim=-1), F.normalize(true_image.float(), dim=-1)
+    rows = torch.arange(len(gallery)) if rows is None else rows
+    cosine = (pred * gallery[rows]).sum(-1)
+    sims = pred @ gallery.T                                               # (M, N): query k vs image j
+    # Rank against the true image's entry of the same matmul: the elementwise cosine above can differ from
+    # it in the last bits, which would count the true image as beating itself.
+    own = sims.gather(1, rows[:, None])
+    out = {"cosine": cosine, "rank": 1 + (sims > own).sum(1).float()}
+    if captions is not None:
+        ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        labels = torch.tensor([ids[c] for c in captions])
+        same = labels[rows][:, None] == labels[None, :]
+        best_same = sims.masked_fill(~same, float("-inf")).amax(1)
+        out["caption_rank"] = 1 + (sims.masked_fill(same, float("-inf")) > best_same[:, None]).sum(1).float()
+    return out
+
+
+def _summarise(per: dict[str, torch.Tensor]) -> dict[str, float]:
+    cosine, rank = per["cosine"], per["rank"]
+    out = {"cosine": float(cosine.mean()), "cosine_std": float(cosine.std()) if len(cosine) > 1 else 0.0,
+           "mean_rank": float(rank.mean()), "median_rank": float(rank.median()),
+           "top1": float((rank <= 1).float().mean()), "top5": float((rank <= 5).float().mean())}
+    if "caption_rank" in per:
+        out.update(caption_top1=float((per["caption_rank"] <= 1).float().mean()),
+                   caption_mean_rank=float(per["caption_rank"].mean()))
+    return out
+
+
+def embedding_metrics(pred: torch.Tensor, true_image: torch.Tensor, rows: torch.Tensor | None = None,
+                      captions: Sequence[str] | None = None) -> dict[str, float]:
     """Cosine and retrieval metrics of predicted embeddings pred [N, D] against true_image [N, D] (row i ↔ i).
 
     ``rows`` (LongTensor [M]) scores only those queries (pred [M, D] then), still against all N images.
+    ``captions`` (one per gallery row) adds caption-level retrieval (``caption_top1``, ``caption_mean_rank``).
     """
-    pred, gallery = F.normalize(pred.float(), dim=-1), F.normalize(true_image.float(), dim=-1)
-    true_image = gallery if rows is None else gallery[rows]
-    cosine = (pred * true_image).sum(-1)                                  # (N,)
-    sims = pred @ gallery.T                                               # (N, N): query i vs image j
-    ranks = 1 + (sims > cosine[:, None]).sum(1).float()                   # ties count in our favour
-    return {"cosine": float(cosine.mean()), "cosine_std": float(cosine.std()) if len(cosine) > 1 else 0.0,
-            "mean_rank": float(ranks.mean()), "median_rank": float(ranks.median()),
-            "top1": float((ranks <= 1).float().mean()), "top5": float((ranks <= 5).float().mean())}
+    return _summarise(per_query_metrics(pred, true_image, rows, captions))
+
+
+def _per_query_values(per: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The per-query values whose means are the table's metrics."""
+    out = {"cosine": per["cosine"], "mean_rank": per["rank"], "top1": (per["rank"] <= 1).float(),
+           "top5": (per["rank"] <= 5).float()}
+    if "caption_rank" in per:
+        out.update(caption_top1=(per["caption_rank"] <= 1).float(), caption_mean_rank=per["caption_rank"])
+    return out
+
+
+def paired_bootstrap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *, resamples: int = 2000,
+                     seed: int = 0) -> dict[str, dict[str, float]]:
+    """Mean of a − b per metric over the same queries, with a paired bootstrap 95% percentile interval.
+
+    ``a`` and ``b`` come from ``per_query_metrics`` on the same queries. Returns
+    {metric: {"diff", "low", "high"}} for cosine, mean_rank, top1, top5 (and the caption-level ones).
+    """
+    va, vb = _per_query_values(a), _per_query_values(b)
+    n = len(a["cosine"])
+    picks = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for key in va.keys() & vb.keys():
+        diff = (va[key] - vb[key]).double()
+        means = diff[picks].mean(1)
+        low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        out[key] = {"diff": float(diff.mean()), "low": low, "high": high}
+    return out
 
 
 @torch.no_grad()
@@ -92,23 +159,28 @@ def evaluate_prior(
     sampled = torch.cat(samples)
     true_image = pick["image_embed"]
     mean_image = prior.image_mean.float()[None].expand_as(true_image)
+    captions = getattr(rows, "captions", None)
+    chosen = [captions[i] for i in index.tolist()] if captions else []
+    repeated = len(set(chosen)) < len(chosen)             # caption-level scores only mean something then
+    per_caption = chosen if repeated else None
+    per_prior = per_query_metrics(sampled, true_image, captions=per_caption)
+    per_text = per_query_metrics(pick["text_embed"], true_image, captions=per_caption)
     result = {
         "items": n,
-        "prior": embedding_metrics(sampled, true_image),
-        "text_embedding": embedding_metrics(pick["text_embed"], true_image),
-        "mean_image_embedding": embedding_metrics(mean_image, true_image),
+        "prior": _summarise(per_prior),
+        "text_embedding": _summarise(per_text),
+        "mean_image_embedding": embedding_metrics(mean_image, true_image, captions=per_caption),
+        "differences": {"prior_minus_text_embedding": paired_bootstrap(per_prior, per_text, seed=seed)},
         "seconds_per_embedding": seconds,
         "cpu_seconds_per_embedding": cpu_seconds,
         "settings": {"sampler": sampler, "steps": steps, "guidance_scale": guidance_scale,
                      "num_candidates": num_candidates, "device": str(device)},
     }
-    captions = getattr(rows, "captions", None)
-    chosen = [captions[i] for i in index.tolist()] if captions else []
-    if len(set(chosen)) < len(chosen):  # only meaningful when several images share a caption
-        result["caption_oracle"] = embedding_metrics(_caption_means(true_image, chosen), true_image)
+    if repeated:  # only meaningful when several images share a caption
+        result["caption_oracle"] = embedding_metrics(_caption_means(true_image, chosen), true_image, captions=chosen)
         others, rows_with_others = _other_image_of_caption(true_image, chosen)
         if len(rows_with_others):
-            result["same_caption_image"] = embedding_metrics(others, true_image, rows_with_others)
+            result["same_caption_image"] = embedding_metrics(others, true_image, rows_with_others, captions=chosen)
     return result
 
 
@@ -156,13 +228,15 @@ def resolve_prior_path(path: str | Path) -> Path:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A Markdown table of the three methods."""
+    """A Markdown table of the methods, then prior − text embedding with its bootstrap interval."""
     cpu = result.get("cpu_seconds_per_embedding")
     cpu_text = f" wall, {cpu * 1000:.2f} ms CPU" if cpu is not None else ""
+    by_caption = "caption_top1" in result["prior"]
+    extra = " caption top-1 | caption mean rank |" if by_caption else ""
     lines = [f"held-out captions: {result['items']}  |  sampling: {result['seconds_per_embedding'] * 1000:.2f} ms"
              f"{cpu_text} per embedding ({result['settings']})", "",
-             "| method | cosine to true image embed | mean rank | median rank | top-1 | top-5 |",
-             "|---|---|---|---|---|---|"]
+             "| method | cosine to true image embed | mean rank | median rank | top-1 | top-5 |" + extra,
+             "|---|---|---|---|---|---|" + "---|" * (2 if by_caption else 0)]
     for key, label in (("prior", "prior"), ("text_embedding", "text embedding as image embedding"),
                        ("mean_image_embedding", "mean image embedding"),
                        ("same_caption_image", "reference: another test image of the same caption"),
@@ -170,8 +244,18 @@ def format_table(result: dict[str, Any]) -> str:
         if key not in result:
             continue
         m = result[key]
-        lines.append(f"| {label} | {m['cosine']:.3f} | {m['mean_rank']:.1f} | {m['median_rank']:.0f} | "
-                     f"{m['top1']:.3f} | {m['top5']:.3f} |")
+        row = (f"| {label} | {m['cosine']:.3f} | {m['mean_rank']:.1f} | {m['median_rank']:.0f} | "
+               f"{m['top1']:.3f} | {m['top5']:.3f} |")
+        if by_caption:
+            row += f" {m['caption_top1']:.3f} | {m['caption_mean_rank']:.1f} |"
+        lines.append(row)
+    diffs = result.get("differences", {}).get("prior_minus_text_embedding")
+    if diffs:
+        cells = [f"{key} {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                 for key in ("cosine", "mean_rank", "top1", "top5", "caption_top1", "caption_mean_rank")
+                 if (d := diffs.get(key))]
+        lines += ["", "prior − text embedding, mean over the same captions [paired bootstrap 95% interval]: "
+                  + "; ".join(cells)]
     return "\n".join(lines)
 
 
