@@ -130,6 +130,9 @@ def test_train_export_generate_round_trip(tmp_path, capsys):
     assert main(["generate", "a red circle", "--model", str(final), "--out", str(tmp_path / "h.png"),
                  "--sampler", "ddim", "--quiet"]) == 2
     assert "does not apply to CLIP-VQDiffusion" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--model", str(final), "--out", str(tmp_path / "h.png"),
+                 "--spacing", "quadratic", "--quiet"]) == 2
+    assert "drop --spacing" in capsys.readouterr().err and not (tmp_path / "h.png").exists()
     # the experiment script runs end to end on it (scores are meaningless for random weights)
     from unclip.eval.clipvq_experiment import main as experiment
 

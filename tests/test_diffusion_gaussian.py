@@ -42,6 +42,18 @@ def test_sampling_timesteps_spacings():
     # improved-diffusion space_timesteps(100, [10]): round(i * 99 / 9)
     assert sampling_timesteps(100, 10, "linspace") == [round(i * 99 / 9) for i in range(9, -1, -1)]
     assert sampling_timesteps(7, None) == list(range(6, -1, -1))
+    # DDIM's quadratic selection counted from T-1: round(99 (1 - i/10)^2)
+    assert sampling_timesteps(100, 10, "quadratic") == [99, 80, 63, 49, 36, 25, 16, 9, 4, 1]
+    assert sampling_timesteps(1000, 8, "quadratic") == [999, 765, 562, 390, 250, 140, 62, 16]
+
+
+@pytest.mark.parametrize("steps", [1, 7, 25, 100, 333, 1000])
+def test_quadratic_grids_are_strict_and_nest(steps):
+    grid = sampling_timesteps(1000, steps, "quadratic")
+    assert len(grid) == steps and grid[0] == 999 and grid[-1] >= 0
+    assert all(a > b for a, b in zip(grid, grid[1:]))          # rounding collisions pushed apart
+    for n in (1, 2, 4, 8, 16, 32):                              # halving nests, for distillation
+        assert sampling_timesteps(1000, 2 * n, "quadratic")[0::2] == sampling_timesteps(1000, n, "quadratic")
 
 
 def test_respaced_betas_keep_alpha_bar():

@@ -76,6 +76,10 @@ def test_grids_are_the_ddim_sampler_grids_and_nest():
         nested_grids(1000, 48)  # trailing spacing rounds 1000/96 differently: not nested
     with pytest.raises(UnclipError, match="lower distill.student_steps"):
         nested_grids(100, 64)
+    student, teacher = nested_grids(1000, 8, "quadratic")
+    assert student == sampling_timesteps(1000, 8, "quadratic") and teacher[0::2] == student
+    with pytest.raises(UnclipError, match="quadratic spacing: at most 32"):
+        nested_grids(1000, 64, "quadratic")     # 128 quadratic points collide near t = 0 and are pushed apart
 
 
 # --- the stage, on tiny data and a tiny (randomly initialised) teacher -------------------------------------
@@ -216,3 +220,29 @@ def test_guided_distillation_targets_the_guided_teacher_in_round_one(tmp_path, t
     assert pipe.defaults["decoder"]["guidance_scale"] == 1.0 and pipe.defaults["decoder"]["steps"] == 2
     with pytest.raises(ConfigError, match="guidance_scale=0.5"):
         _config(root, teacher_dir, guidance_scale=0.5)
+
+
+def test_quadratic_spacing_distils_on_its_grid_and_becomes_the_pipeline_default(tmp_path, teacher):
+    """distill.spacing = quadratic: the loss draws t from the quadratic student grid, and the exported decoder
+    records the spacing, which assembly turns into the pipeline's decoder default (and generation reports)."""
+    from unclip.pipelines import assemble
+    from unclip.train.engine import run_training
+
+    root, encoder_dir, teacher_dir = teacher
+    stage = DistillStage(_config(root, teacher_dir, spacing="quadratic"))
+    plain = DistillStage(_config(root, teacher_dir))
+    pair, batch = stage.build_model(), _fixed_batch(stage)
+    with torch.no_grad():
+        loss = lambda s: float(s.distill_loss(pair, batch, torch.Generator().manual_seed(0), 4)[0])  # noqa: E731
+        assert loss(stage) != loss(plain)                  # other grid points, other targets
+    final = run_training(stage, tmp_path / "run")
+    info = json.loads((final / "decoder" / "component.json").read_text())
+    assert info["sample"]["spacing"] == "quadratic" and info["distilled"]["spacing"] == "quadratic"
+    pipe = assemble(tmp_path / "pipe", encoder=encoder_dir, decoder=tmp_path / "run")
+    assert pipe.defaults["decoder"]["spacing"] == "quadratic"
+    assert pipe.resolve_settings()["decoder"]["spacing"] == "quadratic"
+    assert pipe.resolve_settings(spacing="trailing")["decoder"]["spacing"] == "trailing"
+    with pytest.raises(UnclipError, match="unknown spacing 'cubic'"):
+        pipe.resolve_settings(spacing="cubic")
+    with pytest.raises(ConfigError, match="distill.spacing='cubic'"):
+        _config(root, teacher_dir, spacing="cubic")

@@ -67,6 +67,14 @@ def test_generate_grid_and_out_dir(tmp_path, models, capsys):
     a = torch.from_numpy(np.asarray(Image.open(first), dtype=np.float32))
     b = torch.from_numpy(np.asarray(Image.open(again / redo), dtype=np.float32))
     assert (a - b).abs().max() <= 1
+    # --spacing: recorded per stage, and another grid is another image from the same seed
+    quad = tmp_path / "quadratic"
+    code, _, _ = _run(["generate", "a red circle", "-n", "1", "--seed", "6", "--out-dir", str(quad), "--model",
+                       models["glide"], "--quiet", "--decoder-steps", "2", "--spacing", "quadratic"], capsys)
+    record = json.loads((quad / "generation.json").read_text())
+    assert code == 0 and record["settings"]["stages"]["decoder"]["spacing"] == "quadratic"
+    c = torch.from_numpy(np.asarray(Image.open(quad / record["images"][0]["file"]), dtype=np.float32))
+    assert (c - b).abs().max() > 1
 
 
 def test_default_model_is_a_shipped_one(tmp_path, capsys):

@@ -81,14 +81,16 @@ def test_sampler_clipping_bounds_the_result(name):
     ("ddpm", 1000, 1000, "v"),
     *[("ddim", 200, 100, p) for p in ("eps", "x0", "v")],
     *[("dpm++2m", 200, 50, p) for p in ("eps", "x0", "v")],
+    ("ddim-quadratic", 200, 50, "v"), ("dpm++2m-quadratic", 200, 25, "v"),
 ])
 def test_sampler_reproduces_gaussian_data(name, timesteps, steps, prediction):
+    name, _, spacing = name.partition("-")
     diffusion = tiny(prediction, timesteps=timesteps)
     mu, std = torch.tensor([0.5, -1.0, 0.0, 2.0]), torch.tensor([0.3, 1.0, 0.2, 0.6])
     n = 3000
     x_T = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
     x0 = sample(name, gaussian_denoiser(diffusion, mu, std), x_T, diffusion, steps=steps,
-                generator=torch.Generator().manual_seed(1))
+                spacing=spacing or "trailing", generator=torch.Generator().manual_seed(1))
     # Monte-Carlo error of the mean is std / sqrt(n) ~ 0.018 std and of the std ~ 1.3%; the rest of the
     # tolerance is discretisation (DDPM with fixed-small variance under-disperses with few steps).
     assert torch.allclose((x0.mean(0) - mu) / std, torch.zeros(4), atol=0.06), (x0.mean(0) - mu) / std

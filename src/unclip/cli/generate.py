@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from unclip.cli.common import add_command, float_in_range, int_in_range
+from unclip.diffusion.schedule import SPACINGS
 from unclip.errors import UnclipError
 
 
@@ -34,6 +35,9 @@ def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> N
     parser.add_argument("--sampler", default=None,
                         help="sampler for every stage: ddim, ddpm or dpm++2m for unCLIP; ancestral or purity for "
                              "CLIP-VQDiffusion (default: the model's)")
+    parser.add_argument("--spacing", choices=SPACINGS, default=None,
+                        help="unCLIP only: timestep grid of every stage (default: the model's, else trailing); "
+                             "quadratic ends near t = 0 and is the better grid at few steps")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                         help="network precision: auto (default) = bf16 where the CPU/GPU computes it natively "
                              "(AVX512-BF16, AMX, recent GPUs), else fp32")
@@ -126,7 +130,7 @@ def _check_image(text: str) -> None:
 
 
 def _stage_kwargs(args, *, prior: bool = True) -> dict:
-    names = ["decoder_steps", "decoder_guidance", "upsampler_steps", "sampler", "precision"]
+    names = ["decoder_steps", "decoder_guidance", "upsampler_steps", "sampler", "spacing", "precision"]
     if prior:
         names += ["prior_steps", "prior_guidance"]
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
@@ -142,8 +146,13 @@ def _load(args):
 
 def _kwargs_for(pipe, kwargs: dict) -> dict:
     """Drop settings for stages the pipeline lacks; reject ones that cannot apply."""
+    from unclip.pipelines.unclip import UnCLIPPipeline
+
+    if "spacing" in kwargs and not isinstance(pipe, UnCLIPPipeline):
+        raise UnclipError("--spacing applies to unCLIP pipelines (Gaussian diffusion); this model is "
+                          "CLIP-VQDiffusion, whose discrete sampler has no timestep grid: drop --spacing")
     stages = getattr(pipe, "stages", ("prior", "decoder", "upsampler"))
-    return {k: v for k, v in kwargs.items() if k in ("sampler", "precision") or k.split("_")[0] in stages}
+    return {k: v for k, v in kwargs.items() if k in ("sampler", "spacing", "precision") or k.split("_")[0] in stages}
 
 
 def _command() -> str:

@@ -30,7 +30,7 @@ __all__ = [
     "SPACINGS",
 ]
 
-SPACINGS = ("trailing", "linspace", "leading")
+SPACINGS = ("trailing", "linspace", "leading", "quadratic")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,13 @@ def sampling_timesteps(num_train_timesteps: int, steps: int | None, spacing: str
     sample steps are flawed", Table 2) starts at T-1: round(arange(T, 0, -T/steps)) - 1.
     ``linspace`` is improved-diffusion's ``space_timesteps`` with one section:
     round(linspace(0, T-1, steps)). ``leading`` is arange(steps) * (T // steps).
+    ``quadratic`` is DDIM's quadratic selection (Song et al. 2021, Appendix D.2: tau_i ∝ i²),
+    here counted from the end so it starts at T-1 like ``trailing``: round((T-1) (1 - i/steps)²)
+    for i < steps. It spends more steps at low noise and ends near t = 0 (8 steps: 999, 765, ...,
+    62, 16) instead of jumping to the clean image from T/steps (trailing: 124). Like trailing, the
+    grid for 2N steps holds the N grid at its even positions (the same reals, rounded alike), so it
+    suits progressive distillation. Where rounding would repeat a timestep (N > ~60 on T = 1000)
+    the tail is pushed up to keep the grid strictly descending.
     ``steps=None`` means every training timestep.
     """
     total = num_train_timesteps
@@ -104,6 +111,10 @@ def sampling_timesteps(num_train_timesteps: int, steps: int | None, spacing: str
         ts = np.linspace(0, total - 1, steps).round()[::-1].astype(np.int64)
     elif spacing == "leading":
         ts = (np.arange(steps) * (total // steps))[::-1].astype(np.int64)
+    elif spacing == "quadratic":
+        ts = np.round((total - 1) * (1 - np.arange(steps) / steps) ** 2).astype(np.int64)
+        for i in range(steps - 2, -1, -1):  # keep strictly descending where rounding collides
+            ts[i] = max(ts[i], ts[i + 1] + 1)
     else:
         from unclip.errors import UnclipError
 

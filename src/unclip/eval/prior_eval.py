@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from unclip.diffusion.schedule import SPACINGS
 from unclip.errors import UnclipError
 
 __all__ = ["embedding_metrics", "per_query_metrics", "paired_bootstrap", "evaluate_prior", "resolve_prior_path", "format_table", "main"]
@@ -129,6 +130,7 @@ def evaluate_prior(
     num_candidates: int = 2,
     batch_size: int = 256,
     seed: int = 0,
+    spacing: str = "trailing",
 ) -> dict[str, Any]:
     """Score ``prior`` and the two baselines on ``rows`` (``EmbeddingRows``: .tensors with image_embed,
     text_embed, text_tokens, text_mask). Returns {"items", "prior", "text_embedding",
@@ -153,7 +155,8 @@ def evaluate_prior(
         text = TextEncoding(embed=pick["text_embed"][part], tokens=pick["text_tokens"][part], mask=pick["text_mask"][part])
         noise = torch.randn(text.embed.shape, generator=generator, device=device)
         samples.append(sample_prior(prior, text, noise=noise, num_candidates=num_candidates, steps=steps,
-                                    sampler=sampler, guidance_scale=guidance_scale, generator=generator))
+                                    sampler=sampler, guidance_scale=guidance_scale, generator=generator,
+                                    spacing=spacing))
     seconds = (time.perf_counter() - start) / n
     cpu_seconds = (time.process_time() - cpu_start) / n
     sampled = torch.cat(samples)
@@ -173,7 +176,7 @@ def evaluate_prior(
         "differences": {"prior_minus_text_embedding": paired_bootstrap(per_prior, per_text, seed=seed)},
         "seconds_per_embedding": seconds,
         "cpu_seconds_per_embedding": cpu_seconds,
-        "settings": {"sampler": sampler, "steps": steps, "guidance_scale": guidance_scale,
+        "settings": {"sampler": sampler, "steps": steps, "spacing": spacing, "guidance_scale": guidance_scale,
                      "num_candidates": num_candidates, "device": str(device)},
     }
     if repeated:  # only meaningful when several images share a caption
@@ -270,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=500, help="captions scored (0 = all)")
     parser.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpm++2m"))
     parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--spacing", default="trailing", choices=SPACINGS, help="timestep grid")
     parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     parser.add_argument("--candidates", type=int, default=2, help="samples per caption; keep the best (§2.1)")
     parser.add_argument("--device", default="cpu")
@@ -288,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CheckpointError(f"{path} holds a {type(prior).__name__}, not a prior")
         rows = EmbeddingRows(args.embeddings, args.split)
         result = evaluate_prior(prior, rows, max_items=args.items or None, sampler=args.sampler, steps=args.steps,
-                                guidance_scale=args.guidance, num_candidates=args.candidates)
+                                guidance_scale=args.guidance, num_candidates=args.candidates, spacing=args.spacing)
     except UnclipError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

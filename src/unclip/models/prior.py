@@ -261,6 +261,7 @@ def sample_prior(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callable | None = None,
+    spacing: str = "trailing",
 ) -> torch.Tensor:
     """CLIP image embeddings [B, D] (raw, un-normalised) for ``text`` (a ``TextEncoding`` of B captions).
 
@@ -268,7 +269,8 @@ def sample_prior(
     gets ``num_candidates`` samples; the one with the highest dot product with the caption's text
     embedding is kept (§2.1). ``negative_text`` (a TextEncoding) replaces the null condition in the
     unconditional branch of classifier-free guidance. An ``ARPrior`` is sampled with
-    ``sample_ar_prior`` (steps, sampler and eta do not apply to it).
+    ``sample_ar_prior`` (steps, sampler, spacing and eta do not apply to it). ``spacing``: the timestep grid
+    (``unclip.diffusion.schedule.SPACINGS``).
     """
     if not isinstance(prior, DiffusionPrior):
         from unclip.models.ar_prior import ARPrior, sample_ar_prior
@@ -310,7 +312,7 @@ def sample_prior(
     cond = prefix(cond)
     model_fn = classifier_free_guidance(prior, guidance_scale, uncond)
     diffusion = GaussianDiffusion(prior.config.diffusion)
-    x0 = sample(sampler, model_fn, x_T, diffusion, steps=steps, eta=eta, generator=generator,
+    x0 = sample(sampler, model_fn, x_T, diffusion, steps=steps, spacing=spacing, eta=eta, generator=generator,
                 callback=callback, model_kwargs=cond)
     embeds = prior.denormalize_image(x0).view(B, num_candidates, D)
     if prior.config.unit_norm:

@@ -64,16 +64,21 @@ def _as_tensor(pipe, image) -> torch.Tensor:
 
 
 @torch.no_grad()
-def invert(pipe, images: torch.Tensor, image_embed: torch.Tensor, steps: int, precision: str = "fp32") -> torch.Tensor:
-    """DDIM-invert images [B, 3, S, S] under the decoder conditioned on z_i (unguided) → x_T [B, 3, S, S]."""
+def invert(pipe, images: torch.Tensor, image_embed: torch.Tensor, steps: int, precision: str = "fp32",
+           spacing: str = "trailing") -> torch.Tensor:
+    """DDIM-invert images [B, 3, S, S] under the decoder conditioned on z_i (unguided) → x_T [B, 3, S, S].
+
+    ``steps`` and ``spacing`` must be the decoder's sampling grid, so decoding retraces the inversion."""
     cond, _ = decoder_kwargs(pipe.decoder.model, images.shape[0], images.device,
                              image_embed=image_embed if pipe.decoder.model.config.image_embed_dim else None)
     with autocast(precision, images.device):
-        return ddim_invert(pipe.decoder.model, images, pipe.decoder.diffusion, steps=steps, model_kwargs=cond)
+        return ddim_invert(pipe.decoder.model, images, pipe.decoder.diffusion, steps=steps, spacing=spacing,
+                           model_kwargs=cond)
 
 
 def _invert(pipe, images: torch.Tensor, image_embed: torch.Tensor, settings: dict[str, dict]) -> torch.Tensor:
-    return invert(pipe, images, image_embed, settings["decoder"]["steps"], settings["decoder"]["precision"])
+    s = settings["decoder"]
+    return invert(pipe, images, image_embed, s["steps"], s["precision"], s["spacing"])
 
 
 def _check_manipulable(pipe) -> None:

@@ -43,7 +43,7 @@ class PriorComponent:
     @torch.no_grad()
     def sample(self, text, negative=None, *, noise: torch.Tensor, steps: int, sampler: str, guidance_scale: float,
                eta: float = 0.0, generator: torch.Generator | None = None,
-               callback: Callable | None = None) -> torch.Tensor:
+               callback: Callable | None = None, spacing: str = "trailing") -> torch.Tensor:
         """CLIP image embeddings [B, D] for ``text`` (a TextEncoding of B captions)."""
         from unclip.models.ar_prior import ARPrior, sample_ar_prior
         from unclip.models.prior import sample_prior
@@ -54,7 +54,7 @@ class PriorComponent:
                                    generator=generator, callback=callback)
         return sample_prior(self.model, text, negative_text=negative, noise=noise, num_candidates=self.num_candidates,
                             steps=steps, sampler=sampler, guidance_scale=guidance_scale, eta=eta,
-                            generator=generator, callback=callback)
+                            generator=generator, callback=callback, spacing=spacing)
 
     def save(self, directory: Path) -> None:
         from unclip.checkpoint import atomic_write_text, save_model

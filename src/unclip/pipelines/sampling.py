@@ -91,8 +91,11 @@ def decoder_kwargs(decoder: UNet, batch: int, device, *, image_embed=None, text=
 def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tensor, *, image_embed=None,
                    text=None, negative_text=None, guidance_scale: float = 3.0, sampler: str = "ddim",
                    steps: int = 25, eta: float = 0.0, generator: torch.Generator | None = None,
-                   callback: Callable | None = None, channels_last: bool = False) -> torch.Tensor:
+                   callback: Callable | None = None, channels_last: bool = False,
+                   spacing: str = "trailing") -> torch.Tensor:
     """x_T [B, 3, H, W] → images [B, 3, H, W] in [-1, 1], guided by ``guidance_scale`` (1 = unguided).
+
+    ``spacing`` picks the timestep grid (``unclip.diffusion.schedule.sampling_timesteps``).
 
     ``channels_last`` runs the UNet on NHWC activations (same result, another speed; see ``fast_layout``).
     """
@@ -102,7 +105,7 @@ def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tenso
                                   negative_text=negative_text)
     model_fn = classifier_free_guidance(decoder, guidance_scale, uncond,
                                         learn_variance=diffusion.config.learn_variance) if uncond else decoder
-    out = sample(sampler, model_fn, x_T, diffusion, steps=steps, eta=eta, generator=generator,
+    out = sample(sampler, model_fn, x_T, diffusion, steps=steps, spacing=spacing, eta=eta, generator=generator,
                  callback=callback, model_kwargs=cond, clip_denoised=True)
     return out.clamp(-1, 1).contiguous()
 
@@ -110,14 +113,14 @@ def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tenso
 def sample_upsampler(upsampler: UNet, diffusion: GaussianDiffusion, low_res: torch.Tensor, x_T: torch.Tensor, *,
                      noise_level: int = 0, sampler: str = "ddim", steps: int = 25, eta: float = 0.0,
                      generator: torch.Generator | None = None, callback: Callable | None = None,
-                     channels_last: bool = False) -> torch.Tensor:
+                     channels_last: bool = False, spacing: str = "trailing") -> torch.Tensor:
     """Upsample ``low_res`` [B, 3, h, w] given noise x_T [B, 3, H, W] → [B, 3, H, W] in [-1, 1] (unguided)."""
     check_sampler(sampler, eta)
     x_T = _layout(x_T, channels_last)
     kwargs: dict[str, Any] = {"low_res": _layout(low_res.to(x_T.device, x_T.dtype), channels_last)}
     if upsampler.config.noise_level_cond:
         kwargs["noise_level"] = torch.full((x_T.shape[0],), int(noise_level), device=x_T.device)
-    out = sample(sampler, upsampler, x_T, diffusion, steps=steps, eta=eta, generator=generator,
+    out = sample(sampler, upsampler, x_T, diffusion, steps=steps, spacing=spacing, eta=eta, generator=generator,
                  callback=callback, model_kwargs=kwargs, clip_denoised=True)
     return out.clamp(-1, 1).contiguous()
 

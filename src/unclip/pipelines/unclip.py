@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from unclip.checkpoint import atomic_write_text, load_model, replace_dir
 from unclip.config import from_dict
 from unclip.diffusion.gaussian import GaussianDiffusion
-from unclip.diffusion.schedule import DiffusionConfig
+from unclip.diffusion.schedule import SPACINGS, DiffusionConfig
 from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
 from unclip.models.unet import UNet
@@ -152,8 +152,11 @@ class UnCLIPPipeline:
     # --- settings -------------------------------------------------------------------
     def resolve_settings(self, *, prior_steps=None, decoder_steps=None, upsampler_steps=None, prior_guidance=None,
                          decoder_guidance=None, sampler=None, prior_sampler=None, decoder_sampler=None,
-                         upsampler_sampler=None, eta=0.0, precision=None) -> dict[str, dict]:
-        """Per-stage {steps, sampler, guidance_scale, eta, precision} from the arguments over the defaults.
+                         upsampler_sampler=None, eta=0.0, precision=None, spacing=None) -> dict[str, dict]:
+        """Per-stage {steps, sampler, spacing, guidance_scale, eta, precision} from the arguments over the defaults.
+
+        ``spacing`` (every stage; default: each stage's own, else "trailing") is the timestep grid, one of
+        ``unclip.diffusion.schedule.SPACINGS``.
 
         ``precision`` ("auto", "fp32" or "bf16") applies to every stage and is resolved for this
         pipeline's device, so the settings record what actually ran.
@@ -166,6 +169,8 @@ class UnCLIPPipeline:
                 raise UnclipError(f"{name} must be in [0, 50], got {value}")
         if not 0 <= eta <= 1:
             raise UnclipError(f"eta must be in [0, 1], got {eta}")
+        if spacing is not None and spacing not in SPACINGS:
+            raise UnclipError(f"unknown spacing {spacing!r} (choose from: {', '.join(SPACINGS)})")
         given = {"prior": (prior_steps, prior_sampler, prior_guidance),
                  "decoder": (decoder_steps, decoder_sampler, decoder_guidance),
                  "upsampler": (upsampler_steps, upsampler_sampler, None)}
@@ -176,6 +181,7 @@ class UnCLIPPipeline:
             values.update({k: v for k, v in (("steps", steps), ("sampler", stage_sampler or sampler),
                                              ("guidance_scale", guidance)) if v is not None})
             values["steps"] = int(values["steps"])
+            values["spacing"] = spacing or values.get("spacing", "trailing")
             values["eta"] = float(eta) if values["sampler"] == "ddim" else 0.0
             values["precision"] = resolve_precision(precision or values.get("precision", "auto"), self.device)
             check_sampler(values["sampler"], values["eta"])
@@ -191,7 +197,8 @@ class UnCLIPPipeline:
 
         ``stage_settings``: ``prior_steps``, ``decoder_steps``, ``upsampler_steps``, ``prior_guidance``,
         ``decoder_guidance``, ``sampler`` (all stages) or ``prior_sampler``/``decoder_sampler``/
-        ``upsampler_sampler``, ``eta`` (DDIM), ``precision`` ("auto", "fp32", "bf16"; see
+        ``upsampler_sampler``, ``spacing`` (the timestep grid of every stage: "trailing", "linspace",
+        "leading" or "quadratic"), ``eta`` (DDIM), ``precision`` ("auto", "fp32", "bf16"; see
         ``unclip.precision``). ``callback(stage, step, total, x)`` after every step.
         ``image_embed_source``: ``"prior"``, ``"text"`` or ``"none"`` (see the module docstring).
         """
@@ -289,6 +296,7 @@ class UnCLIPPipeline:
                 z = self.prior.sample(
                     text_g, negative_g, noise=torch.cat([noise["prior"][i] for i in group]), steps=s["steps"],
                     sampler=s["sampler"], guidance_scale=s["guidance_scale"], eta=s["eta"], generator=generator,
+                    spacing=s["spacing"],
                     callback=_stage_callback("prior", bars.get("prior"), callback)).float()
         else:
             z = image_embed[group]
@@ -297,7 +305,7 @@ class UnCLIPPipeline:
             x = sample_decoder(
                 self.decoder.model, self.decoder.diffusion, torch.cat([noise["decoder"][i] for i in group]),
                 image_embed=z, text=text_g, negative_text=negative_g, guidance_scale=s["guidance_scale"],
-                sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator,
+                sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator, spacing=s["spacing"],
                 callback=_stage_callback("decoder", bars.get("decoder"), callback),
                 channels_last=fast_layout("decoder", s["precision"], self.device))
         if self.upsampler is not None:
@@ -307,6 +315,7 @@ class UnCLIPPipeline:
                                      torch.cat([noise["upsampler"][i] for i in group]),
                                      noise_level=int(self.upsampler.info.get("noise_level", 0)),
                                      sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator,
+                                     spacing=s["spacing"],
                                      callback=_stage_callback("upsampler", bars.get("upsampler"), callback),
                                      channels_last=fast_layout("upsampler", s["precision"], self.device))
         return x
@@ -425,7 +434,7 @@ def assemble_unclip(out_dir, *, encoder, decoder, prior=None, upsampler=None, de
     merged = {}  # sampling defaults: each stage's own training-time settings, then the caller's
     for stage, part in parts.items():
         sample = part.info.get("sample", {}) if part is not None else {}
-        keys = ("steps", "sampler") + (("guidance_scale",) if stage != "upsampler" else ())
+        keys = ("steps", "sampler", "spacing") + (("guidance_scale",) if stage != "upsampler" else ())
         merged[stage] = {k: sample[k] for k in keys if k in sample}
         merged[stage].update((defaults or {}).get(stage, {}))
     pipe = UnCLIPPipeline(load_encoder(encoder_dir, device=device), parts["decoder"], prior=parts["prior"],

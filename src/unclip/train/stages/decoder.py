@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from unclip.checkpoint import atomic_write_text, save_model
 from unclip.config import to_dict
 from unclip.diffusion.gaussian import GaussianDiffusion
-from unclip.diffusion.schedule import DiffusionConfig
+from unclip.diffusion.schedule import SPACINGS, DiffusionConfig
 from unclip.errors import UnclipError
 from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
 from unclip.train.config import TrainConfig
@@ -53,6 +53,11 @@ class SampleSettings:
     sampler: str = "ddim"
     steps: int = 25
     guidance_scale: float = 3.0
+    spacing: str = "trailing"    # timestep grid (unclip.diffusion.schedule.SPACINGS); the pipeline's default too
+
+    def __post_init__(self):
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"sample.spacing={self.spacing!r}: choose from {', '.join(SPACINGS)}")
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,8 @@ class DecoderStage(ImageStage):
         generator = torch.Generator(param.device).manual_seed(step)
         x_T = torch.randn(images.shape, generator=generator, device=param.device, dtype=param.dtype)
         out = sample_decoder(model, self.diffusion, x_T, image_embed=cond.get("image_embed"), text=text,
-                             guidance_scale=s.guidance_scale, sampler=s.sampler, steps=s.steps, generator=generator)
+                             guidance_scale=s.guidance_scale, sampler=s.sampler, steps=s.steps, generator=generator,
+                             spacing=s.spacing)
         out_dir = Path(out_dir)
         save_png(image_grid(to_pil(images) + to_pil(out), columns=n), out_dir / f"decoder_samples_{step:06d}.png")
         real = cond["image_embed"] if "image_embed" in cond else self.encoder.encode_image(full).float()

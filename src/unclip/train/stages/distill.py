@@ -47,7 +47,7 @@ from unclip.checkpoint import load_model, read_metadata
 from unclip.config import from_dict
 from unclip.diffusion.gaussian import GaussianDiffusion, expand, output_to_x0_eps
 from unclip.diffusion.guidance import classifier_free_guidance
-from unclip.diffusion.schedule import DiffusionConfig, sampling_timesteps
+from unclip.diffusion.schedule import SPACINGS, DiffusionConfig, sampling_timesteps
 from unclip.errors import UnclipError
 from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
 from unclip.train.config import TrainConfig
@@ -74,8 +74,11 @@ class DistillSettings:
     steps_per_round: int = 500   # optimiser steps per round; train.steps must be rounds * steps_per_round
     clip_denoised: bool = True   # clip the teacher's x0 to [-1, 1] as the pipeline's sampler does
     guidance_scale: float = 0.0  # 0: distil both CFG branches; w >= 1: distil the teacher guided at w (Meng et al.)
+    spacing: str = "trailing"    # timestep grid of teacher and student (must nest under halving; see nested_grids)
 
     def __post_init__(self):
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"distill.spacing={self.spacing!r}: choose from {', '.join(SPACINGS)}")
         if self.student_steps < 1 or self.rounds < 1 or self.steps_per_round < 1:
             raise ValueError("distill.student_steps, distill.rounds and distill.steps_per_round must be >= 1")
         if self.guidance_scale != 0 and not 1 <= self.guidance_scale <= 30:
@@ -121,7 +124,7 @@ def find_teacher(path: str | Path) -> Path:
                       "in it, decoder/ or final/decoder/); train one with 'unclip train decoder'")
 
 
-def nested_grids(num_timesteps: int, steps: int) -> tuple[list[int], list[int]]:
+def nested_grids(num_timesteps: int, steps: int, spacing: str = "trailing") -> tuple[list[int], list[int]]:
     """(student grid, teacher grid): the descending timesteps ``ddim`` visits with ``steps`` and 2 * ``steps``.
 
     Raises ``UnclipError`` unless the teacher grid holds the student grid at its even positions, so
@@ -130,11 +133,12 @@ def nested_grids(num_timesteps: int, steps: int) -> tuple[list[int], list[int]]:
     if 2 * steps > num_timesteps:
         raise UnclipError(f"distill.student_steps={steps} needs a teacher with 2x as many steps but the "
                           f"schedule has only {num_timesteps} timesteps; lower distill.student_steps")
-    student = sampling_timesteps(num_timesteps, steps)
-    teacher = sampling_timesteps(num_timesteps, 2 * steps)
+    student = sampling_timesteps(num_timesteps, steps, spacing)
+    teacher = sampling_timesteps(num_timesteps, 2 * steps, spacing)
     if teacher[0::2] != student:
-        raise UnclipError(f"the {2 * steps}-step DDIM grid does not contain the {steps}-step grid on "
-                          f"{num_timesteps} timesteps; use power-of-two distill.student_steps")
+        raise UnclipError(f"the {2 * steps}-step DDIM grid ({spacing} spacing) does not contain the {steps}-step "
+                          f"grid on {num_timesteps} timesteps; use power-of-two distill.student_steps "
+                          "(quadratic spacing: at most 32)")
     return student, teacher
 
 
@@ -210,7 +214,7 @@ class DistillStage(Stage):
                               "set distill.teacher to a decoder component")
         self.diffusion = GaussianDiffusion(from_dict(DiffusionConfig, self.teacher_info.get("diffusion", {})))
         for r in range(config.distill.rounds):  # fail before training, not at round r
-            nested_grids(self.diffusion.num_timesteps, config.distill.student_steps // 2 ** r)
+            nested_grids(self.diffusion.num_timesteps, config.distill.student_steps // 2 ** r, config.distill.spacing)
         self._decoder: DecoderStage | None = None
 
     @property
@@ -228,7 +232,8 @@ class DistillStage(Stage):
                 data=data, model=teacher_config, diffusion=self.diffusion.config, train=cfg.train,
                 conditioning=info.get("conditioning", "unclip"), text_tokens=teacher_config.text_token_dim > 0,
                 drop_image=cfg.drop_image, drop_text=cfg.drop_text,
-                sample=dataclasses.replace(sample, sampler="ddim", steps=cfg.distill.student_steps)))
+                sample=dataclasses.replace(sample, sampler="ddim", steps=cfg.distill.student_steps,
+                                           spacing=cfg.distill.spacing)))
         return self._decoder
 
     def _load_teacher(self) -> UNet:
@@ -269,7 +274,7 @@ class DistillStage(Stage):
 
     def distill_loss(self, model: DistillPair, batch, generator, steps: int):
         """Alg. 2 loss of ``model.student`` against ``model.teacher`` for an N = ``steps`` student."""
-        student_grid, teacher_grid = nested_grids(self.diffusion.num_timesteps, steps)
+        student_grid, teacher_grid = nested_grids(self.diffusion.num_timesteps, steps, self.config.distill.spacing)
         param = next(model.student.parameters())
         full = batch["image"].to(param.device, param.dtype)
         cond = self.decoder.conditions(full, list(batch["caption"]))
@@ -327,8 +332,8 @@ class DistillStage(Stage):
         d = self.config.distill
         steps = d.student_steps // 2 ** (rounds_done - 1)
         info = dict(self.teacher_info)
-        info["sample"] = {**info.get("sample", {}), "sampler": "ddim", "steps": steps}
-        info["distilled"] = {"steps": steps, "rounds": rounds_done, "teacher": str(d.teacher),
+        info["sample"] = {**info.get("sample", {}), "sampler": "ddim", "steps": steps, "spacing": d.spacing}
+        info["distilled"] = {"steps": steps, "rounds": rounds_done, "teacher": str(d.teacher), "spacing": d.spacing,
                              "student_steps": d.student_steps, "steps_per_round": d.steps_per_round,
                              "method": "progressive distillation, Salimans & Ho 2022 (arXiv 2202.00512), Alg. 2"}
         if d.guidance_scale:  # guidance is inside the student: sample it unguided (one UNet call per step)
