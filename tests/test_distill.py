@@ -242,6 +242,7 @@ def test_quadratic_spacing_distils_on_its_grid_and_becomes_the_pipeline_default(
     assert pipe.defaults["decoder"]["spacing"] == "quadratic"
     assert pipe.resolve_settings()["decoder"]["spacing"] == "quadratic"
     assert pipe.resolve_settings(spacing="trailing")["decoder"]["spacing"] == "trailing"
+    assert pipe.resolve_settings(spacing="linspace", decoder_spacing="leading")["decoder"]["spacing"] == "leading"
     with pytest.raises(UnclipError, match="unknown spacing 'cubic'"):
         pipe.resolve_settings(spacing="cubic")
     with pytest.raises(ConfigError, match="distill.spacing='cubic'"):

@@ -152,11 +152,12 @@ class UnCLIPPipeline:
     # --- settings -------------------------------------------------------------------
     def resolve_settings(self, *, prior_steps=None, decoder_steps=None, upsampler_steps=None, prior_guidance=None,
                          decoder_guidance=None, sampler=None, prior_sampler=None, decoder_sampler=None,
-                         upsampler_sampler=None, eta=0.0, precision=None, spacing=None) -> dict[str, dict]:
+                         upsampler_sampler=None, eta=0.0, precision=None, spacing=None, prior_spacing=None,
+                         decoder_spacing=None, upsampler_spacing=None) -> dict[str, dict]:
         """Per-stage {steps, sampler, spacing, guidance_scale, eta, precision} from the arguments over the defaults.
 
-        ``spacing`` (every stage; default: each stage's own, else "trailing") is the timestep grid, one of
-        ``unclip.diffusion.schedule.SPACINGS``.
+        ``spacing`` (every stage) or ``prior_spacing``/``decoder_spacing``/``upsampler_spacing`` is the timestep
+        grid, one of ``unclip.diffusion.schedule.SPACINGS`` (default: each stage's own, else "trailing").
 
         ``precision`` ("auto", "fp32" or "bf16") applies to every stage and is resolved for this
         pipeline's device, so the settings record what actually ran.
@@ -169,11 +170,13 @@ class UnCLIPPipeline:
                 raise UnclipError(f"{name} must be in [0, 50], got {value}")
         if not 0 <= eta <= 1:
             raise UnclipError(f"eta must be in [0, 1], got {eta}")
-        if spacing is not None and spacing not in SPACINGS:
-            raise UnclipError(f"unknown spacing {spacing!r} (choose from: {', '.join(SPACINGS)})")
+        for value in (spacing, prior_spacing, decoder_spacing, upsampler_spacing):
+            if value is not None and value not in SPACINGS:
+                raise UnclipError(f"unknown spacing {value!r} (choose from: {', '.join(SPACINGS)})")
         given = {"prior": (prior_steps, prior_sampler, prior_guidance),
                  "decoder": (decoder_steps, decoder_sampler, decoder_guidance),
                  "upsampler": (upsampler_steps, upsampler_sampler, None)}
+        stage_spacing = {"prior": prior_spacing, "decoder": decoder_spacing, "upsampler": upsampler_spacing}
         settings = {}
         for stage in self.stages:
             steps, stage_sampler, guidance = given[stage]
@@ -181,7 +184,7 @@ class UnCLIPPipeline:
             values.update({k: v for k, v in (("steps", steps), ("sampler", stage_sampler or sampler),
                                              ("guidance_scale", guidance)) if v is not None})
             values["steps"] = int(values["steps"])
-            values["spacing"] = spacing or values.get("spacing", "trailing")
+            values["spacing"] = stage_spacing[stage] or spacing or values.get("spacing", "trailing")
             values["eta"] = float(eta) if values["sampler"] == "ddim" else 0.0
             values["precision"] = resolve_precision(precision or values.get("precision", "auto"), self.device)
             check_sampler(values["sampler"], values["eta"])
@@ -198,7 +201,8 @@ class UnCLIPPipeline:
         ``stage_settings``: ``prior_steps``, ``decoder_steps``, ``upsampler_steps``, ``prior_guidance``,
         ``decoder_guidance``, ``sampler`` (all stages) or ``prior_sampler``/``decoder_sampler``/
         ``upsampler_sampler``, ``spacing`` (the timestep grid of every stage: "trailing", "linspace",
-        "leading" or "quadratic"), ``eta`` (DDIM), ``precision`` ("auto", "fp32", "bf16"; see
+        "leading" or "quadratic") or ``prior_spacing``/``decoder_spacing``/``upsampler_spacing``, ``eta`` (DDIM),
+        ``precision`` ("auto", "fp32", "bf16"; see
         ``unclip.precision``). ``callback(stage, step, total, x)`` after every step.
         ``image_embed_source``: ``"prior"``, ``"text"`` or ``"none"`` (see the module docstring).
         """
