@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="generated images per prompt")
     parser.add_argument("--seed", type=int, default=0, help="prompt choice, as unclip eval --seed")
     parser.add_argument("--per-page", type=int, default=12)
+    parser.add_argument("--decoder-spacing", default=None, help="decoder timestep grid (default: the pipeline's)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -46,7 +47,9 @@ def main() -> None:
     real = _real_by_caption(args.data, args.split, prompts, limit=1)
     for page, first in enumerate(range(0, len(prompts), args.per_page)):
         chunk = prompts[first:first + args.per_page]
-        generated = pipe(chunk, num_images_per_prompt=args.images, seed=0, output_type="pt", progress=False).images
+        settings = {"decoder_spacing": args.decoder_spacing} if args.decoder_spacing else {}
+        generated = pipe(chunk, num_images_per_prompt=args.images, seed=0, output_type="pt", progress=False,
+                         **settings).images
         size = generated.shape[-1]
         tiles, labels = [], []
         for i, prompt in enumerate(chunk):
