@@ -52,8 +52,8 @@ def per_query_metrics(pred: torch.Tensor, true_image: torch.Tensor, rows: torch.
     ``caption_rank``: the rank of the best-scoring gallery image that shares the query's caption, among
     the images of other captions.
     """
-    pred, gallery = F.normalize(pred.float(), dim=-1), F.normalize(true_image.float(), dim=-1)
-    rows = torch.arange(len(gallery)) if rows is None else rows
+    pred, gallery = F.normalize(pred.float().cpu(), dim=-1), F.normalize(true_image.float().cpu(), dim=-1)
+    rows = torch.arange(len(gallery)) if rows is None else rows.cpu()
     cosine = (pred * gallery[rows]).sum(-1)
     sims = pred @ gallery.T                                               # (M, N): query k vs image j
     # Rank against the true image's entry of the same matmul: the elementwise cosine above can differ from
