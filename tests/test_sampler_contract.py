@@ -120,6 +120,11 @@ def test_ddim_inversion_round_trip(prediction):
     # the round-trip error is first order in the step size: twice the steps, about half the error
     x_T_fine = ddim_invert(model_fn, x0, diffusion, steps=200)
     assert (ddim_sample(model_fn, x_T_fine, diffusion, steps=200) - x0).abs().max() < 0.6 * error
+    # the same on the quadratic grid; decoding on another grid than the inversion's retraces it less well
+    x_T_quad = ddim_invert(model_fn, x0, diffusion, steps=100, spacing="quadratic")
+    matched = (ddim_sample(model_fn, x_T_quad, diffusion, steps=100, spacing="quadratic") - x0).abs().max()
+    assert matched < 0.05
+    assert (ddim_sample(model_fn, x_T_quad, diffusion, steps=100) - x0).abs().max() > 1.3 * matched
 
 
 def test_classifier_free_guidance_is_one_batched_forward():
