@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from unclip.checkpoint import atomic_write_text
-from unclip.eval.evaluate import _choose_prompts, _real_by_caption, split_captions
+from unclip.eval.evaluate import choose_prompts, real_by_caption, split_captions
 from unclip.eval.report import sample_grid
 from unclip.pipelines import load_pipeline
 
@@ -43,8 +43,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model)
-    prompts = _choose_prompts(split_captions(args.data, args.split), args.num_prompts, args.seed)
-    real = _real_by_caption(args.data, args.split, prompts, limit=1)
+    prompts = choose_prompts(split_captions(args.data, args.split), args.num_prompts, args.seed)
+    real = real_by_caption(args.data, args.split, prompts, limit=1)
     for page, first in enumerate(range(0, len(prompts), args.per_page)):
         chunk = prompts[first:first + args.per_page]
         settings = {"decoder_spacing": args.decoder_spacing} if args.decoder_spacing else {}

@@ -44,7 +44,7 @@ def test_eval_clip_scores_beside_the_real_images_of_the_same_prompts(tiny_setup)
     from helpers.pipeline import tiny_encoder
     from unclip.data import open_dataset
     from unclip.eval.clip_metrics import clip_score
-    from unclip.eval.evaluate import _choose_prompts, split_captions
+    from unclip.eval.evaluate import choose_prompts, split_captions
 
     tiny_encoder().save(tiny_setup / "evalclip")
     out = tiny_setup / "clip-report"
@@ -54,7 +54,7 @@ def test_eval_clip_scores_beside_the_real_images_of_the_same_prompts(tiny_setup)
     metrics = json.loads((out / "metrics.json").read_text())["results"][0]
     assert 0.0 <= metrics["r_precision"] <= 1.0 and 0.0 <= metrics["real_r_precision"] <= 1.0
     # the real column by hand: the first test image of each prompt, scored by the same encoder
-    prompts = _choose_prompts(split_captions(tiny_setup / "shapes", "test"), 3, metrics["seed"])
+    prompts = choose_prompts(split_captions(tiny_setup / "shapes", "test"), 3, metrics["seed"])
     dataset = open_dataset(tiny_setup / "shapes", split="test")
     firsts: dict[str, torch.Tensor] = {}
     for i in range(len(dataset)):

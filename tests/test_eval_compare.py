@@ -76,7 +76,7 @@ def test_real_images_grouped_by_caption(tmp_path):
     from PIL import Image
 
     from unclip.data.built import DatasetWriter
-    from unclip.eval.evaluate import _real_by_caption
+    from unclip.eval.evaluate import real_by_caption
 
     colours = {"red": (255, 0, 0), "blue": (0, 0, 255)}
     with DatasetWriter(tmp_path / "d", name="toy", image_size=8, build={}) as writer:
@@ -84,7 +84,7 @@ def test_real_images_grouped_by_caption(tmp_path):
             for name, rgb in colours.items():
                 writer.add(Image.new("RGB", (8, 8), tuple(c // (i + 1) for c in rgb)), f"a {name} square", "test")
         writer.add(Image.new("RGB", (8, 8), "white"), "a red square", "train")
-    groups = _real_by_caption(tmp_path / "d", "test", ["a red square", "a green square"], limit=2)
+    groups = real_by_caption(tmp_path / "d", "test", ["a red square", "a green square"], limit=2)
     assert list(groups) == ["a red square"] and len(groups["a red square"]) == 2
     first, second = groups["a red square"]
     assert first[0].mean() == 1.0 and second[0].mean() < 1.0  # red, then the darker red of row 2

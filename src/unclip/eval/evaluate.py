@@ -31,7 +31,8 @@ from unclip.errors import DataError, UnclipError
 from unclip.eval import metrics
 from unclip.eval.clip_metrics import clip_score, r_precision
 
-__all__ = ["EvalConfig", "evaluate_pipeline", "image_features", "load_split", "split_captions"]
+__all__ = ["EvalConfig", "choose_prompts", "evaluate_pipeline", "image_features", "load_split", "real_by_caption",
+           "split_captions"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _distribution_metrics(real: np.ndarray, other: np.ndarray) -> dict[str, floa
             "density": density, "coverage": coverage}
 
 
-def _choose_prompts(captions: list[str], count: int, seed: int) -> list[str]:
+def choose_prompts(captions: list[str], count: int, seed: int) -> list[str]:
     unique = sorted(set(c for c in captions if c.strip()))
     if not unique:
         raise UnclipError("the evaluation split has no captions to prompt with; pick a captioned dataset")
@@ -121,7 +122,7 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
     if extractor is None:
         extractor = _cached_extractor()
     captions = split_captions(data, config.split)
-    prompts = _choose_prompts(captions, config.num_prompts, config.seed)
+    prompts = choose_prompts(captions, config.num_prompts, config.seed)
     log(f"generating {len(prompts)} prompts x {config.images_per_prompt} images")
     started, cpu_started = time.perf_counter(), time.process_time()
     output = pipe(prompts, num_images_per_prompt=config.images_per_prompt, seed=config.seed, output_type="pt",
@@ -158,7 +159,7 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
         result["baseline_split"] = result_baseline
     by_caption = None
     if config.images_per_prompt >= 2 or eval_encoder is not None:
-        by_caption = _real_by_caption(data, config.split, prompts, max(config.images_per_prompt, 1))
+        by_caption = real_by_caption(data, config.split, prompts, max(config.images_per_prompt, 1))
     if config.images_per_prompt >= 2:
         per_prompt = fake_feats.reshape(len(prompts), config.images_per_prompt, -1)
         result["diversity"] = float(np.mean([metrics.mean_pairwise_distance(f) for f in per_prompt]))
@@ -205,7 +206,7 @@ def _shapes_accuracy(images: torch.Tensor, prompts: list[str]) -> dict[str, floa
     return {f"shapes_{k}": v for k, v in score_images(list(images), prompts).items()}
 
 
-def _real_by_caption(data: str | Path, split: str, prompts: list[str], limit: int) -> dict[str, list[torch.Tensor]]:
+def real_by_caption(data: str | Path, split: str, prompts: list[str], limit: int) -> dict[str, list[torch.Tensor]]:
     """Up to ``limit`` real images [3,H,W] of ``split`` for each prompt that is one of its captions."""
     dataset = open_dataset(data, split=split)
     wanted = set(prompts)
