@@ -98,3 +98,26 @@ def test_missing_npm_is_explained(tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(DataError, match="'npm' is not installed"):
         open_package("@iconify-json/noto", cache=tmp_path)
+
+
+def test_held_out_split_option(built, tmp_path, capsys):
+    """--split 95/0/5: no val, a test split that is a subset of the 80/10/10 one (same seed, same hash)."""
+    from unclip.data.emoji import parse_split, split_for_concept
+
+    assert parse_split("95/0/5") == (0.95, 0.0, 0.05)
+    for bad in ("90/10", "50/30/30", "a/b/c", "0/50/50", "-5/55/50"):
+        with pytest.raises(DataError, match="--split"):
+            parse_split(bad)
+    concepts = [f"c{i}" for i in range(2000)]
+    default = {c: split_for_concept(c) for c in concepts}
+    held = {c: split_for_concept(c, fractions=(0.95, 0.0, 0.05)) for c in concepts}
+    assert "val" not in held.values() and 50 <= list(held.values()).count("test") <= 150
+    assert all(default[c] == "test" for c in concepts if held[c] == "test")
+    out = tmp_path / "held"
+    argv = ["data", "build", "emoji", "--out", str(out), "--size", "16", "--packages", str(FIXTURE),
+            "--styles", "twemoji,fluent", "--split", "95/0/5"]
+    assert main(argv) == 0
+    rows = _rows(out)
+    assert len(rows) == 31 and {r["split"] for r in rows} <= {"train", "test"}
+    assert json.loads((out / "dataset.json").read_text())["build"]["split"] == [0.95, 0.0, 0.05]
+    assert main(argv[:-2] + ["--split", "95/5"]) == 2 and "--split" in capsys.readouterr().err

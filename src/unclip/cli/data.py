@@ -37,6 +37,7 @@ def register(subparsers) -> None:
         examples="""
   unclip data build shapes --out data/shapes32 --size 32 --count 4800 --seed 0
   unclip data build emoji --out data/emoji64 --size 64
+  unclip data build emoji --out data/emoji64-all --size 64 --split 95/0/5
   unclip data build icons --out data/icons64 --size 64
   unclip data build emoji --out /tmp/tiny --packages tests/fixtures/emoji --styles twemoji,fluent""",
         func=_build,
@@ -48,6 +49,9 @@ def register(subparsers) -> None:
                        help="shapes: number of images (default 4800 = 10 per combination); "
                             "emoji/icons: keep at most N images (default all)")
     build.add_argument("--seed", type=int, default=0, help="seed for shapes order/jitter and for the splits")
+    build.add_argument("--split", default=None,
+                       help="emoji/icons: TRAIN/VAL/TEST percentages of concepts (default 80/10/10; the shipped "
+                            "emoji model uses 95/0/5: every concept but a small held-out set)")
     build.add_argument("--jitter", type=float, default=None,
                        help="shapes only: centre/size jitter as a fraction of the side (0 = canonical, max 0.05)")
     build.add_argument("--styles", default=None,
@@ -118,8 +122,8 @@ def _run_build(args) -> int:
     if args.kind == "shapes":
         from unclip.data.shapes import DEFAULT_COUNT, DEFAULT_JITTER, build_shapes
 
-        if args.styles or args.packages or args.cache:
-            raise DataError("--styles, --packages and --cache apply to emoji and icons only; drop them")
+        if args.styles or args.packages or args.cache or args.split:
+            raise DataError("--styles, --split, --packages and --cache apply to emoji and icons only; drop them")
         jitter = DEFAULT_JITTER if args.jitter is None else args.jitter
         built = build_shapes(args.out, image_size=args.size, count=args.count or DEFAULT_COUNT,
                              seed=args.seed, jitter=jitter, progress=_progress("shapes"))
@@ -127,8 +131,11 @@ def _run_build(args) -> int:
         if args.jitter is not None:
             raise DataError("--jitter applies to shapes only; drop it")
         styles = {} if args.styles is None else {"styles": tuple(s.strip() for s in args.styles.split(",") if s.strip())}
+        from unclip.data.emoji import parse_split
         from unclip.data.npm import DEFAULT_CACHE
 
+        if args.split is not None:
+            styles["split"] = parse_split(args.split)
         cache = args.cache or DEFAULT_CACHE
         if args.kind == "emoji":
             from unclip.data.emoji import build_emoji as builder

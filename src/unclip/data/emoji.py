@@ -12,7 +12,9 @@ emojibase entry fall back to their icon name.
 
 Splits are by **concept** — the codepoint sequence without FE0F and without
 skin-tone modifiers — so all styles and tones of one emoji land in the same
-split and no test caption is ever seen in training (80/10/10 by a seeded hash).
+split and no test caption is ever seen in training (80/10/10 by a seeded hash; ``split=(0.95, 0.0,
+0.05)`` keeps a small held-out set instead, as the shipped model does). With one seed the hash is the
+same for every choice of fractions, so a 5% test split is a subset of the 10% one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from unclip.data.npm import Package, open_package
 from unclip.data.svg import iconify_svg, rasterise
 from unclip.errors import DataError
 
-__all__ = ["STYLES", "normalise_hexcode", "concept_of", "split_for_concept", "EmojiEntry",
+__all__ = ["STYLES", "normalise_hexcode", "concept_of", "split_for_concept", "parse_split", "EmojiEntry",
            "load_emojibase", "emoji_caption", "collect_style", "build_emoji"]
 
 # style key → (npm package, name in captions, licence holder)
@@ -55,10 +57,23 @@ def concept_of(hexcode: str) -> str:
     return "-".join(part for part in hexcode.split("-") if part not in SKIN_TONES)
 
 
-def split_for_concept(concept: str, seed: int = 0) -> str:
+def parse_split(text: str) -> tuple[float, float, float]:
+    """``"80/10/10"`` or ``"95/0/5"`` → train, val, test fractions (percentages summing to 100)."""
+    parts = text.split("/")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 100) > 1e-6 or values[0] <= 0:
+        raise DataError(f"--split {text!r} is not TRAIN/VAL/TEST percentages summing to 100 (e.g. 80/10/10 or 95/0/5)")
+    return tuple(v / 100 for v in values)
+
+
+def split_for_concept(concept: str, seed: int = 0, fractions: Sequence[float] = SPLIT_FRACTIONS) -> str:
+    """The split of a concept: a seeded hash in [0, 1) cut at the train and val fractions."""
     digest = hashlib.sha1(f"{seed}:{concept}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
-    train, val, _ = SPLIT_FRACTIONS
+    train, val, _ = fractions
     return "train" if u < train else ("val" if u < train + val else "test")
 
 
@@ -156,7 +171,7 @@ def _root_icon(icon_set: dict, name: str) -> str:
 
 def build_emoji(out, image_size: int = 64, seed: int = 0, limit: int | None = None, cache: Path | None = None,
                 packages: Path | None = None, progress: Callable[[int, int], None] | None = None,
-                styles: Sequence[str] = tuple(STYLES)) -> bool:
+                styles: Sequence[str] = tuple(STYLES), split: Sequence[float] = SPLIT_FRACTIONS) -> bool:
     """Build the emoji dataset into ``out``; False if it is already built with these parameters."""
     from unclip.data.built import DatasetWriter, is_built
 
@@ -167,6 +182,8 @@ def build_emoji(out, image_size: int = 64, seed: int = 0, limit: int | None = No
     opened = {name: open_package(name, cache, packages) for name in names}
     build = {"dataset": "emoji", "builder": BUILDER_VERSION, "image_size": image_size, "seed": seed,
              "limit": limit, "styles": list(styles), "packages": {n: p.version for n, p in opened.items()}}
+    if tuple(split) != SPLIT_FRACTIONS:  # recorded only when not the default, so older builds stay built
+        build["split"] = list(split)
     if is_built(out, build):
         return False
     emojibase = load_emojibase(opened[EMOJIBASE])
@@ -192,7 +209,7 @@ def build_emoji(out, image_size: int = 64, seed: int = 0, limit: int | None = No
             except DataError as exc:
                 bad.add(f"{item.style}:{item.icon}", str(exc))
                 continue
-            writer.add(image, item.caption, split_for_concept(item.concept, seed), item.meta)
+            writer.add(image, item.caption, split_for_concept(item.concept, seed, split), item.meta)
             if progress is not None:
                 progress(index + 1, len(items))
     bad.report(" (not rendered)")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from xml.sax.saxutils import quoteattr
 
 from unclip.data.common import BadSamples
-from unclip.data.emoji import split_for_concept
+from unclip.data.emoji import SPLIT_FRACTIONS, split_for_concept
 from unclip.data.npm import open_package
 from unclip.data.svg import rasterise
 from unclip.errors import DataError
@@ -64,7 +64,7 @@ def icon_caption(name: str, style: str, category: str = "", tags: Sequence[str] 
 
 def build_icons(out, image_size: int = 64, seed: int = 0, limit: int | None = None, cache: Path | None = None,
                 packages: Path | None = None, progress: Callable[[int, int], None] | None = None,
-                styles: Sequence[str] = ICON_STYLES) -> bool:
+                styles: Sequence[str] = ICON_STYLES, split: Sequence[float] = SPLIT_FRACTIONS) -> bool:
     """Build the Tabler icons dataset into ``out``; False if already built with these parameters."""
     from unclip.data.built import DatasetWriter, is_built
 
@@ -74,6 +74,8 @@ def build_icons(out, image_size: int = 64, seed: int = 0, limit: int | None = No
     package = open_package(TABLER, cache, packages)
     build = {"dataset": "icons", "builder": BUILDER_VERSION, "image_size": image_size, "seed": seed,
              "limit": limit, "styles": list(styles), "packages": {TABLER: package.version}}
+    if tuple(split) != SPLIT_FRACTIONS:
+        build["split"] = list(split)
     if is_built(out, build):
         return False
     catalogue: dict[str, Any] = package.read_json("icons.json")
@@ -98,7 +100,7 @@ def build_icons(out, image_size: int = 64, seed: int = 0, limit: int | None = No
             except DataError as exc:
                 bad.add(f"{style}:{name}", str(exc))
                 continue
-            writer.add(image, caption, split_for_concept(name, seed), meta)
+            writer.add(image, caption, split_for_concept(name, seed, split), meta)
             if progress is not None:
                 progress(index + 1, len(items))
     bad.report(" (not rendered)")
