@@ -54,6 +54,12 @@ def register(subparsers) -> None:
     p.add_argument("--decoder-diversity", action="store_true",
                    help="also measure the decoder's own diversity: variations of one real image per prompt "
                         "(fixed CLIP image embedding, unCLIP decoders only)")
+    p.add_argument("--recognisability", action="store_true",
+                   help="score samples (and variations of the real images) by whether EfficientNet-Lite1 reads "
+                        "them as it reads the real render; --split train scores training concepts")
+    p.add_argument("--reference-data", default=None, metavar="DIR",
+                   help="a higher-resolution build of the same dataset for the recognisability references "
+                        "(e.g. data/emoji256-all for a 64 px dataset)")
     p.add_argument("--seed", type=int_in_range(0, 2**31 - 1), default=0)
     p.add_argument("--device", default="cpu")
 
@@ -109,7 +115,9 @@ def _evaluate_model(pipe, args, settings: dict, sweep, eval_encoder):
             print(f"{sweep[0]} = {value}", file=sys.stderr)
         config = EvalConfig(num_prompts=args.num_prompts, images_per_prompt=args.images_per_prompt,
                             split=args.split, baseline_split=args.baseline_split, seed=args.seed,
-                            decoder_diversity=args.decoder_diversity, settings=run_settings)
+                            decoder_diversity=args.decoder_diversity, settings=run_settings,
+                            recognisability=args.recognisability or bool(args.reference_data),
+                            reference_data=args.reference_data or "")
         try:
             result, images, prompts = evaluate_pipeline(pipe, args.data, config, eval_encoder=eval_encoder,
                                                         log=lambda m: print(m, file=sys.stderr))

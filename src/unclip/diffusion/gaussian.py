@@ -30,6 +30,7 @@ __all__ = [
     "expand",
     "output_to_x0_eps",
     "prediction_target",
+    "min_snr_weight",
     "normal_kl",
     "discretized_gaussian_log_likelihood",
 ]
@@ -68,6 +69,23 @@ def prediction_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, al
         return x0
     if prediction == "v":
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+    raise ValueError(f"unknown prediction type {prediction!r}")
+
+
+def min_snr_weight(prediction: str, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weight (Hang et al. 2023, §3.4) for an MSE on ``prediction``'s target.
+
+    With SNR = a / (1 - a), the weight on the x0 error is min(SNR, γ); an eps error is SNR times an x0
+    error and a v error (SNR + 1) times, so their weights divide by those factors.
+    """
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    if prediction == "x0":
+        return clipped
+    if prediction == "eps":
+        return clipped / snr
+    if prediction == "v":
+        return clipped / (snr + 1)
     raise ValueError(f"unknown prediction type {prediction!r}")
 
 
@@ -169,12 +187,15 @@ class GaussianDiffusion:
         target = prediction_target(self.config.prediction, x_start, noise, a)
         dims = list(range(1, x_start.ndim))
         terms = {"mse": ((mean_out - target) ** 2).mean(dim=dims)}
+        simple = terms["mse"]
+        if self.config.min_snr_gamma:
+            simple = simple * min_snr_weight(self.config.prediction, a.reshape(-1), self.config.min_snr_gamma)
         if self.config.loss == "hybrid":
             frozen = torch.cat([mean_out.detach(), var_out], dim=1)
             terms["vb"] = self._vb_term(frozen, x_start, x_t, t) * self.num_timesteps * self.config.vlb_weight
-            terms["loss"] = terms["mse"] + terms["vb"]
+            terms["loss"] = simple + terms["vb"]
         else:
-            terms["loss"] = terms["mse"]
+            terms["loss"] = simple
         return terms
 
     def _vb_term(self, output: torch.Tensor, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,8 @@ class DiffusionConfig:
     half interpolates log-variance between beta~ and beta (Nichol & Dhariwal eq. 15).
     loss: ``simple`` = MSE on the prediction target; ``hybrid`` = simple +
     vlb_weight * L_vlb (eq. 16, needs learn_variance).
+    min_snr_gamma: > 0 weights each sample's L_simple by min-SNR-γ (Hang et al. 2023, eq. 9-10:
+    min(SNR_t, γ) relative to the x0 loss, so the high-SNR steps stop dominating); 0 = unweighted.
     """
 
     schedule: Literal["linear", "cosine"] = "cosine"
@@ -56,6 +58,7 @@ class DiffusionConfig:
     linear_beta_end: float = 0.02         # at T = 1000
     cosine_offset: float = 0.008          # s in eq. 17
     max_beta: float = 0.999
+    min_snr_gamma: float = 0.0            # Hang et al. 2023 (γ = 5 in the paper); 0 disables
 
     def __post_init__(self):
         if self.timesteps < 2:
@@ -66,6 +69,8 @@ class DiffusionConfig:
             raise ValueError("max_beta must be in (0, 1)")
         if self.vlb_weight < 0:
             raise ValueError("vlb_weight must be >= 0")
+        if self.min_snr_gamma < 0:
+            raise ValueError("min_snr_gamma must be >= 0 (0 disables the weighting)")
 
 
 def make_betas(config: DiffusionConfig) -> torch.Tensor:

@@ -45,6 +45,8 @@ class EvalConfig:
     batch_size: int = 16
     feature_size: int = 128          # images are resized to this side for EfficientNet features
     decoder_diversity: bool = False  # also measure the decoder's own diversity (variations of a real image)
+    recognisability: bool = False    # EfficientNet-Lite1 recognisability of samples and of variations
+    reference_data: str = ""         # a larger build of the same dataset for its references ("": the data)
     settings: dict[str, Any] = field(default_factory=dict)  # pipeline settings (steps, guidance, sampler)
 
     def __post_init__(self):
@@ -179,7 +181,39 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
     shapes = _shapes_accuracy(fake, fake_prompts)
     if shapes:
         result.update(shapes)
+    if config.recognisability:
+        result.update(_recognisability(pipe, data, config, prompts, fake, fake_prompts))
     return result, fake, fake_prompts
+
+
+def _recognisability(pipe, data, config: EvalConfig, prompts: list[str], fake: torch.Tensor,
+                     fake_prompts: list[str]) -> dict[str, float]:
+    """``unclip.eval.recognisability`` rates of the samples and, for an unCLIP decoder, of one variation
+    (paper §3.1: decoded from the real image's own CLIP embedding) of each prompt's real image."""
+    from unclip.eval.recognisability import load_recogniser, recognition_rates
+    from unclip.pipelines.manipulate import variations
+
+    recogniser = load_recogniser()
+    references = real_by_caption(config.reference_data or data, config.split, prompts, 1)
+    keep = [i for i, p in enumerate(fake_prompts) if p in references]
+    if not keep:
+        raise UnclipError(f"no reference images for the prompts in {config.reference_data or data}; "
+                          "--reference-data must be a build of the same dataset")
+    refs = torch.stack([references[fake_prompts[i]][0] for i in keep])
+    rates = recognition_rates(recogniser, fake[keep], refs, [fake_prompts[i] for i in keep], seed=config.seed)
+    out = {"recognised": rates["recognised"], "recognised_ceiling": rates["ceiling"],
+           "recognised_chance": rates["chance"], "recognised_n": rates["n"]}
+    if getattr(pipe.decoder.model.config, "image_embed_dim", 0):
+        own = real_by_caption(data, config.split, prompts, 1)
+        shown = [p for p in prompts if p in own and p in references]
+        settings = {k: v for k, v in config.settings.items() if not k.startswith("prior_")}
+        images = [variations(pipe, own[p][0], num_images=1, seed=config.seed + i, progress=False,
+                             output_type="pt", **settings).images[0] for i, p in enumerate(shown)]
+        if images:
+            var = recognition_rates(recogniser, torch.stack(images).float().cpu(),
+                                    torch.stack([references[p][0] for p in shown]), shown, seed=config.seed)
+            out.update(variation_recognised=var["recognised"], variation_recognised_chance=var["chance"])
+    return out
 
 
 @torch.no_grad()

@@ -80,9 +80,13 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """images [B,3,H,W] → z [B,D,H/f,W/f]."""
+    """images [B,3,H,W] → z [B,D,H/f,W/f] (D = ``out_channels``, default ``cfg.embed_dim``).
 
-    def __init__(self, cfg: VQConfig):
+    Shared by the VQ tokenizer and the continuous autoencoder (``unclip.models.autoencoder``), whose
+    configs both name ``in_channels``, ``base_channels``, ``channel_mult``, ``num_res_blocks``.
+    """
+
+    def __init__(self, cfg, out_channels: int | None = None):
         super().__init__()
         chans = [cfg.base_channels * m for m in cfg.channel_mult]
         layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)]
@@ -93,7 +97,7 @@ class Encoder(nn.Module):
                 cin = ch
             if level < len(chans) - 1:
                 layers.append(nn.Conv2d(cin, cin, 4, stride=2, padding=1))   # halve H, W
-        layers += [ResBlock(cin, cin), _norm(cin), nn.SiLU(), nn.Conv2d(cin, cfg.embed_dim, 1)]
+        layers += [ResBlock(cin, cin), _norm(cin), nn.SiLU(), nn.Conv2d(cin, out_channels or cfg.embed_dim, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,13 +105,13 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z_q [B,D,h,w] → images [B,3,h·f,w·f] (unbounded; clamp for display)."""
+    """z_q [B,D,h,w] → images [B,3,h·f,w·f] (unbounded; clamp for display); D = ``in_channels`` or ``cfg.embed_dim``."""
 
-    def __init__(self, cfg: VQConfig):
+    def __init__(self, cfg, in_channels: int | None = None):
         super().__init__()
         chans = [cfg.base_channels * m for m in cfg.channel_mult][::-1]
         cin = chans[0]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.embed_dim, cin, 3, padding=1), ResBlock(cin, cin)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels or cfg.embed_dim, cin, 3, padding=1), ResBlock(cin, cin)]
         for level, ch in enumerate(chans):
             for _ in range(cfg.num_res_blocks):
                 layers.append(ResBlock(cin, ch))

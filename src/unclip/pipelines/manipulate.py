@@ -66,13 +66,15 @@ def _as_tensor(pipe, image) -> torch.Tensor:
 @torch.no_grad()
 def invert(pipe, images: torch.Tensor, image_embed: torch.Tensor, steps: int, precision: str = "fp32",
            spacing: str = "trailing") -> torch.Tensor:
-    """DDIM-invert images [B, 3, S, S] under the decoder conditioned on z_i (unguided) → x_T [B, 3, S, S].
+    """DDIM-invert images [B, 3, S, S] under the decoder conditioned on z_i (unguided) → x_T, shaped like the
+    decoder's samples (a latent decoder inverts the autoencoder's latents of the images).
 
     ``steps`` and ``spacing`` must be the decoder's sampling grid, so decoding retraces the inversion."""
     cond, _ = decoder_kwargs(pipe.decoder.model, images.shape[0], images.device,
                              image_embed=image_embed if pipe.decoder.model.config.image_embed_dim else None)
+    x0 = pipe.decoder.from_pixels(images)
     with autocast(precision, images.device):
-        return ddim_invert(pipe.decoder.model, images, pipe.decoder.diffusion, steps=steps, spacing=spacing,
+        return ddim_invert(pipe.decoder.model, x0, pipe.decoder.diffusion, steps=steps, spacing=spacing,
                            model_kwargs=cond)
 
 

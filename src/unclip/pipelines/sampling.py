@@ -92,10 +92,11 @@ def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tenso
                    text=None, negative_text=None, guidance_scale: float = 3.0, sampler: str = "ddim",
                    steps: int = 25, eta: float = 0.0, generator: torch.Generator | None = None,
                    callback: Callable | None = None, channels_last: bool = False,
-                   spacing: str = "trailing") -> torch.Tensor:
-    """x_T [B, 3, H, W] → images [B, 3, H, W] in [-1, 1], guided by ``guidance_scale`` (1 = unguided).
+                   spacing: str = "trailing", clip_denoised: bool = True) -> torch.Tensor:
+    """x_T [B, C, H, W] → samples [B, C, H, W], guided by ``guidance_scale`` (1 = unguided).
 
     ``spacing`` picks the timestep grid (``unclip.diffusion.schedule.sampling_timesteps``).
+    ``clip_denoised``: pixel decoders clip x0 (and the result) to [-1, 1]; a latent decoder passes False.
 
     ``channels_last`` runs the UNet on NHWC activations (same result, another speed; see ``fast_layout``).
     """
@@ -106,8 +107,8 @@ def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tenso
     model_fn = classifier_free_guidance(decoder, guidance_scale, uncond,
                                         learn_variance=diffusion.config.learn_variance) if uncond else decoder
     out = sample(sampler, model_fn, x_T, diffusion, steps=steps, spacing=spacing, eta=eta, generator=generator,
-                 callback=callback, model_kwargs=cond, clip_denoised=True)
-    return out.clamp(-1, 1).contiguous()
+                 callback=callback, model_kwargs=cond, clip_denoised=clip_denoised)
+    return (out.clamp(-1, 1) if clip_denoised else out).contiguous()
 
 
 def sample_upsampler(upsampler: UNet, diffusion: GaussianDiffusion, low_res: torch.Tensor, x_T: torch.Tensor, *,

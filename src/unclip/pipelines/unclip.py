@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from unclip.checkpoint import atomic_write_text, load_model, replace_dir
+from unclip.checkpoint import atomic_write_text, load_model, replace_dir, save_model
 from unclip.config import from_dict
 from unclip.diffusion.gaussian import GaussianDiffusion
 from unclip.diffusion.schedule import SPACINGS, DiffusionConfig
@@ -57,12 +57,41 @@ IMAGE_EMBED_SOURCES = ("prior", "text", "none")
 
 
 class Component:
-    """A UNet (decoder or upsampler) with its diffusion process and ``component.json`` settings."""
+    """A UNet (decoder or upsampler) with its diffusion process and ``component.json`` settings.
 
-    def __init__(self, model: UNet, info: dict[str, Any]):
+    A latent decoder (``info["autoencoder"]``) also holds the frozen autoencoder whose latents its UNet
+    denoises; ``to_pixels`` / ``from_pixels`` cross between its samples and images (identity otherwise).
+    """
+
+    def __init__(self, model: UNet, info: dict[str, Any], autoencoder: torch.nn.Module | None = None):
         self.model = model.eval()
         self.info = dict(info)
         self.diffusion = GaussianDiffusion(from_dict(DiffusionConfig, info.get("diffusion", {})))
+        self.autoencoder = autoencoder.eval() if autoencoder is not None else None
+
+    @property
+    def image_size(self) -> int:
+        """Side of the images this component produces (the autoencoder's for a latent decoder)."""
+        return (self.autoencoder or self.model).config.image_size
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample the UNet denoises: pixels, or latents for a latent decoder."""
+        cfg = self.model.config
+        return (cfg.in_channels, cfg.image_size, cfg.image_size)
+
+    @property
+    def latent(self) -> bool:
+        return self.autoencoder is not None
+
+    def to_pixels(self, samples: torch.Tensor) -> torch.Tensor:
+        return samples if self.autoencoder is None else self.autoencoder.decode(samples.float())
+
+    def from_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        return images if self.autoencoder is None else self.autoencoder.encode(images.float())
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model] + ([self.autoencoder] if self.autoencoder is not None else [])
 
     @classmethod
     def load(cls, directory: Path, device) -> "Component":
@@ -72,10 +101,17 @@ class Component:
             info = json.loads((directory / "component.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             raise CheckpointError(f"{directory / 'component.json'} is missing or unreadable; re-export the model") from None
-        return cls(load_model(path, device=device, expected=UNet), info)
+        autoencoder = None
+        if info.get("autoencoder"):
+            from unclip.models.autoencoder import Autoencoder
+
+            autoencoder = load_model(directory / info["autoencoder"], device=device, expected=Autoencoder)
+        return cls(load_model(path, device=device, expected=UNet), info, autoencoder)
 
     def save(self, directory: Path) -> None:
         write_component(Path(directory), self.model, self.info)
+        if self.autoencoder is not None:
+            save_model(self.autoencoder, Path(directory) / self.info["autoencoder"])
 
 
 def make_seeds(seed: int | Sequence[int] | torch.Generator | None, count: int) -> list[int]:
@@ -119,9 +155,9 @@ class UnCLIPPipeline:
         cfg = decoder.model.config
         # An unCLIP decoder needs z_i: from the prior for text, or from an image for the manipulations.
         self._text_to_image = prior is not None or not cfg.image_embed_dim
-        if upsampler is not None and int(upsampler.info.get("low_res_size", cfg.image_size)) != cfg.image_size:
+        if upsampler is not None and int(upsampler.info.get("low_res_size", decoder.image_size)) != decoder.image_size:
             raise CheckpointError(f"the upsampler expects {upsampler.info['low_res_size']} px inputs but the decoder "
-                                  f"makes {cfg.image_size} px images; assemble matching components")
+                                  f"makes {decoder.image_size} px images; assemble matching components")
         if cfg.image_embed_dim and cfg.image_embed_dim != encoder.embed_dim:
             raise CheckpointError(f"decoder expects {cfg.image_embed_dim}-dim CLIP embeddings but the encoder "
                                   f"gives {encoder.embed_dim}; assemble matching components")
@@ -138,14 +174,15 @@ class UnCLIPPipeline:
 
     @property
     def image_size(self) -> int:
-        return (self.upsampler or self.decoder).model.config.image_size
+        return (self.upsampler or self.decoder).image_size
 
     @property
     def decoder_size(self) -> int:
-        return self.decoder.model.config.image_size
+        return self.decoder.image_size
 
     def to(self, device) -> "UnCLIPPipeline":
-        for part in (self.encoder, self.decoder.model, *(c.model for c in (self.prior, self.upsampler) if c)):
+        parts = [self.encoder, *self.decoder.modules(), *(c.model for c in (self.prior, self.upsampler) if c)]
+        for part in parts:
             part.to(device)
         return self
 
@@ -255,13 +292,13 @@ class UnCLIPPipeline:
         """Per-image starting noise drawn from generator(seed_i) in the order prior, decoder, upsampler."""
         device = self.device
         out = {"generators": [], "prior": [], "decoder": [], "upsampler": []}
-        size = self.decoder_size
+        shape = self.decoder.sample_shape
         for s in seeds:
             g = torch.Generator(device).manual_seed(int(s))
             out["generators"].append(g)
             if with_prior:
                 out["prior"].append(self.prior.noise(1, generator=g, device=device))
-            out["decoder"].append(torch.randn(1, 3, size, size, generator=g, device=device))
+            out["decoder"].append(torch.randn(1, *shape, generator=g, device=device))
             if self.upsampler is not None:
                 up = self.upsampler.model.config.image_size
                 out["upsampler"].append(torch.randn(1, 3, up, up, generator=g, device=device))
@@ -311,7 +348,8 @@ class UnCLIPPipeline:
                 image_embed=z, text=text_g, negative_text=negative_g, guidance_scale=s["guidance_scale"],
                 sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator, spacing=s["spacing"],
                 callback=_stage_callback("decoder", bars.get("decoder"), callback),
-                channels_last=fast_layout("decoder", s["precision"], self.device))
+                channels_last=fast_layout("decoder", s["precision"], self.device), clip_denoised=not self.decoder.latent)
+            x = self.decoder.to_pixels(x)
         if self.upsampler is not None:
             s = settings["upsampler"]
             with autocast(s["precision"], self.device):

@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "decoder": "unclip.train.stages.decoder:DecoderStage",
     "upsampler": "unclip.train.stages.upsampler:UpsamplerStage",
     "vq": "unclip.train.stages.vq:VQStage",
+    "autoencoder": "unclip.train.stages.autoencoder:AutoencoderStage",
     "clipvq": "unclip.train.stages.clipvq:ClipVQStage",
     "distill": "unclip.train.stages.distill:DistillStage",
 }

@@ -8,6 +8,11 @@ embedding + caption tokens, no CLIP image embedding, no prior needed.
 
 Loss: L_simple (Ho et al. 2020, eq. 14) or the hybrid loss, via ``GaussianDiffusion.training_losses``.
 Export: ``final/decoder/model.safetensors`` + ``final/decoder/component.json`` (diffusion settings).
+
+``data.autoencoder`` (a trained ``unclip train autoencoder`` run) makes it a **latent decoder** (Rombach
+et al. 2022; Kandinsky 2.2's decoder on MoVQ latents): the UNet denoises the frozen autoencoder's scaled
+latents of the ``data.image_size`` image, and the autoencoder is exported beside it
+(``final/decoder/autoencoder.safetensors``) so that the decoder component still yields pixels.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
 from unclip.train.config import TrainConfig
 from unclip.train.stage import ImageStage
 
-__all__ = ["DecoderData", "SampleSettings", "DecoderStageConfig", "DecoderStage", "write_component"]
+__all__ = ["DecoderData", "SampleSettings", "DecoderStageConfig", "DecoderStage", "write_component",
+           "load_autoencoder", "AUTOENCODER_FILE"]
+
+AUTOENCODER_FILE = "autoencoder.safetensors"   # beside a latent decoder's model.safetensors
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class DecoderData:
     # z_i then comes from the full image, as the prior's training embeddings do, and the decoder learns
     # the area-downsampled image.
     encoder_image_size: int = 0
+    autoencoder: str = ""        # a trained autoencoder (run dir or model.safetensors): a latent decoder
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,18 @@ def write_component(out_dir: Path, model: torch.nn.Module, info: dict[str, Any])
     return path
 
 
+def load_autoencoder(path: str | Path, device="cpu"):
+    """An ``Autoencoder`` from a run dir (``final/model.safetensors``), a folder or the file itself."""
+    from unclip.checkpoint import load_model
+    from unclip.models.autoencoder import Autoencoder
+
+    path = Path(path)
+    for candidate in (path, path / "model.safetensors", path / "final" / "model.safetensors"):
+        if candidate.is_file():
+            return load_model(candidate, device=device, expected=Autoencoder)
+    raise UnclipError(f"no trained autoencoder at {path}; train one with 'unclip train autoencoder'")
+
+
 class DecoderStage(ImageStage):
     name = "decoder"
     config_class = DecoderStageConfig
@@ -99,6 +120,7 @@ class DecoderStage(ImageStage):
         super().__init__(config)
         self.diffusion = GaussianDiffusion(config.diffusion)
         self._encoder = None
+        self._autoencoder = None
 
     # --- frozen helpers ----------------------------------------------------------
     @property
@@ -111,23 +133,52 @@ class DecoderStage(ImageStage):
             self._encoder = load_encoder(self.config.data.encoder).eval().requires_grad_(False)
         return self._encoder
 
+    @property
+    def autoencoder(self):
+        """The frozen autoencoder of a latent decoder, or None for a pixel decoder."""
+        if self._autoencoder is None and self.config.data.autoencoder:
+            from unclip.models.autoencoder import Autoencoder
+
+            self._autoencoder = load_autoencoder(self.config.data.autoencoder).eval().requires_grad_(False)
+            if self._autoencoder.config.image_size != self.config.data.image_size:
+                raise UnclipError(f"data.autoencoder works at {self._autoencoder.config.image_size} px but "
+                                  f"data.image_size is {self.config.data.image_size}; make them equal")
+            assert isinstance(self._autoencoder, Autoencoder)
+        return self._autoencoder
+
     def image_size(self) -> int:
         data = self.config.data
         return data.encoder_image_size or data.image_size
 
     def decoder_images(self, images: torch.Tensor) -> torch.Tensor:
-        """The decoder's target: ``images`` area-downsampled to ``data.image_size`` when they are larger."""
+        """The decoder's target: ``images`` area-downsampled to ``data.image_size`` when they are larger,
+        then, for a latent decoder, the autoencoder's scaled latents [B, C, h, w]."""
         size = self.config.data.image_size
-        return images if images.shape[-1] == size else F.interpolate(images, size=(size, size), mode="area")
+        images = images if images.shape[-1] == size else F.interpolate(images, size=(size, size), mode="area")
+        if self.autoencoder is None:
+            return images
+        with torch.no_grad():
+            return self.autoencoder.encode(images).float()
+
+    def to_pixels(self, samples: torch.Tensor) -> torch.Tensor:
+        """Decoder samples → images in [-1, 1] (the autoencoder's decoding for a latent decoder)."""
+        if self.autoencoder is None:
+            return samples
+        with torch.no_grad():
+            return self.autoencoder.decode(samples.float())
 
     def setup(self, device: torch.device) -> None:
         self.encoder.to(device)
+        if self.autoencoder is not None:
+            self.autoencoder.to(device)
 
     def model_config(self) -> UNetConfig:
-        cfg, enc = self.config, self.encoder
-        out_channels = 6 if cfg.diffusion.learn_variance else 3
+        cfg, enc, ae = self.config, self.encoder, self.autoencoder
+        channels = ae.config.latent_channels if ae is not None else 3
+        size = ae.config.latent_size if ae is not None else cfg.data.image_size
+        out_channels = 2 * channels if cfg.diffusion.learn_variance else channels
         return dataclasses.replace(
-            cfg.model, image_size=cfg.data.image_size, out_channels=out_channels,
+            cfg.model, image_size=size, in_channels=channels, out_channels=out_channels,
             image_embed_dim=enc.embed_dim if cfg.conditioning == "unclip" else 0,
             text_token_dim=enc.token_dim if cfg.text_tokens else 0,
             text_embed_dim=enc.embed_dim if cfg.conditioning == "text" else 0)
@@ -196,7 +247,8 @@ class DecoderStage(ImageStage):
         x_T = torch.randn(images.shape, generator=generator, device=param.device, dtype=param.dtype)
         out = sample_decoder(model, self.diffusion, x_T, image_embed=cond.get("image_embed"), text=text,
                              guidance_scale=s.guidance_scale, sampler=s.sampler, steps=s.steps, generator=generator,
-                             spacing=s.spacing)
+                             spacing=s.spacing, clip_denoised=self.autoencoder is None)
+        images, out = self.to_pixels(images), self.to_pixels(out)
         out_dir = Path(out_dir)
         save_png(image_grid(to_pil(images) + to_pil(out), columns=n), out_dir / f"decoder_samples_{step:06d}.png")
         real = cond["image_embed"] if "image_embed" in cond else self.encoder.encode_image(full).float()
@@ -208,6 +260,9 @@ class DecoderStage(ImageStage):
         info = {"role": "decoder", "conditioning": cfg.conditioning, "diffusion": to_dict(cfg.diffusion),
                 "image_size": cfg.data.image_size, "encoder": str(cfg.data.encoder),
                 "sample": to_dict(cfg.sample)}
+        if self.autoencoder is not None:
+            info["autoencoder"] = AUTOENCODER_FILE
+            save_model(self.autoencoder, Path(out_dir) / "decoder" / AUTOENCODER_FILE)
         return write_component(Path(out_dir) / "decoder", model, info)
 
 

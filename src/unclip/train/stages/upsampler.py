@@ -5,6 +5,11 @@ The low-res conditioning image is made by anti-aliased downsampling and then cor
 (*conditioning augmentation*): Gaussian blur (the paper's 64→256 model) or a lighter BSR degradation
 (the paper's 256→1024 model), optionally plus Gaussian noise at a sampled level that the UNet is told
 (Ho et al. 2021, Cascaded Diffusion §4.1). Like the paper, the upsampler is not conditioned on the caption.
+
+``data.crop_size`` trains on random crops of the high-res images (paper §2.2 / App. C: the upsamplers are
+trained on crops of a quarter of the target size and applied at full size, which the attention-free,
+fully convolutional UNet allows): a crop_size × crop_size window of each image, aligned to the low-res
+pixel grid, with its low-res version made from the crop.
 Export: ``final/upsampler/model.safetensors`` + ``final/upsampler/component.json``.
 """
 
@@ -34,10 +39,17 @@ class UpsamplerData:
     image_size: int = 64        # output resolution
     low_res_size: int = 32      # input resolution
     val_split: str = "val"
+    crop_size: int = 0          # train on random crop_size² windows of the high-res image (0: whole image)
 
     def __post_init__(self):
         if not 1 <= self.low_res_size < self.image_size:
             raise ValueError("low_res_size must be >= 1 and smaller than image_size")
+        if self.image_size % self.low_res_size:
+            raise ValueError("image_size must be a multiple of low_res_size")
+        factor = self.image_size // self.low_res_size
+        if self.crop_size and (not factor <= self.crop_size <= self.image_size or self.crop_size % factor):
+            raise ValueError(f"data.crop_size must be 0 or a multiple of {factor} (image_size / low_res_size) "
+                             f"no larger than image_size")
 
 
 @dataclass(frozen=True)
@@ -77,16 +89,33 @@ class UpsamplerStage(ImageStage):
     def conditioning(self, images: torch.Tensor, generator: torch.Generator | None):
         """High-res [B, 3, H, W] → (corrupted low-res [B, 3, h, w], noise level [B] or None)."""
         cfg = self.config
-        low = degrade(make_low_res(images, cfg.data.low_res_size), cfg.degrade, generator)
+        low = degrade(make_low_res(images, self.low_res_size(images)), cfg.degrade, generator)
         if not cfg.degrade.noise_levels:
             return low, None
         level = torch.randint(0, cfg.degrade.noise_levels, (images.shape[0],), generator=generator,
                               device=images.device)
         return noise_augment(low, level, cfg.degrade, generator), level
 
+    def random_crops(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """[B, 3, H, W] → one random crop_size² window per image, on the low-res grid (identity if no crop)."""
+        data = self.config.data
+        if not data.crop_size or data.crop_size == images.shape[-1]:
+            return images
+        factor = data.image_size // data.low_res_size
+        positions = (images.shape[-1] - data.crop_size) // factor + 1
+        corners = torch.randint(0, positions, (images.shape[0], 2), generator=generator,
+                                device=generator.device if generator is not None else "cpu") * factor
+        return torch.stack([img[:, y:y + data.crop_size, x:x + data.crop_size]
+                            for img, (y, x) in zip(images, corners.tolist())])
+
+    def low_res_size(self, images: torch.Tensor) -> int:
+        """The low-res side for a batch of high-res images (crops keep the image's scale factor)."""
+        data = self.config.data
+        return images.shape[-1] * data.low_res_size // data.image_size
+
     def loss(self, model, batch, generator):
         param = next(model.parameters())
-        images = batch["image"].to(param.device, param.dtype)
+        images = self.random_crops(batch["image"].to(param.device, param.dtype), generator)
         low, level = self.conditioning(images, generator)
         kwargs = {"low_res": low} if level is None else {"low_res": low, "noise_level": level}
         t = self.diffusion.sample_timesteps(images.shape[0], generator, images.device)
@@ -121,5 +150,6 @@ class UpsamplerStage(ImageStage):
         cfg = self.config
         info = {"role": "upsampler", "diffusion": to_dict(cfg.diffusion), "image_size": cfg.data.image_size,
                 "low_res_size": cfg.data.low_res_size, "noise_level": cfg.inference_noise_level,
+                "crop_size": cfg.data.crop_size,
                 "sample": to_dict(cfg.sample)}
         return write_component(Path(out_dir) / "upsampler", model, info)
