@@ -182,3 +182,21 @@ def test_shipped_emoji_presets_parse():
     assert decoder.data.autoencoder and decoder.data.image_size == 64
     upsampler = load_config(UpsamplerStageConfig, "configs/upsampler/emoji64to256.yaml")
     assert upsampler.data.crop_size * 4 == upsampler.data.image_size
+
+
+def test_cached_conditions_give_the_same_loss(tiny_data, autoencoder_run):
+    import dataclasses
+
+    root, encoder_dir = tiny_data
+    cfg = _latent_decoder_config(root, encoder_dir, autoencoder_run)
+    plain = DecoderStage(cfg)
+    cached = DecoderStage(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_conditions=True)))
+    cached.setup(torch.device("cpu"))
+    dataset = cached.build_dataset("train")
+    batch = cached.collate([dataset[i] for i in (5, 0, 3)])
+    assert batch["index"].tolist() == [5, 0, 3]
+    model = plain.build_model()
+    losses = [stage.loss(model, batch, torch.Generator().manual_seed(0))[0] for stage in (plain, cached)]
+    assert torch.allclose(losses[0], losses[1], rtol=1e-3, atol=1e-5)   # tokens are cached in fp16
+    cond, target = cached._cache.batch([5, 0, 3], "cpu")
+    assert target.shape == (3, 2, 8, 8) and cond["text_tokens"].shape[0] == 3 and cond["text_mask"].dtype == torch.bool

@@ -53,6 +53,9 @@ class DecoderData:
     # the area-downsampled image.
     encoder_image_size: int = 0
     autoencoder: str = ""        # a trained autoencoder (run dir or model.safetensors): a latent decoder
+    # Compute the frozen encoders' outputs (z_i, caption tokens, latents) once before step 0 instead of at
+    # every step (unclip.train.cond_cache); right for fixed datasets without augmentation.
+    cache_conditions: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class DecoderStage(ImageStage):
         self.diffusion = GaussianDiffusion(config.diffusion)
         self._encoder = None
         self._autoencoder = None
+        self._cache = None
 
     # --- frozen helpers ----------------------------------------------------------
     @property
@@ -171,6 +175,25 @@ class DecoderStage(ImageStage):
         self.encoder.to(device)
         if self.autoencoder is not None:
             self.autoencoder.to(device)
+        if self.config.data.cache_conditions and self._cache is None:
+            from unclip.train.cond_cache import ConditionCache
+
+            compute = lambda full, captions: (self.conditions(full, captions), self.decoder_images(full))  # noqa: E731
+            self._cache = ConditionCache(super().build_dataset("train"), compute, device=device)
+
+    def build_dataset(self, split: str):
+        dataset = super().build_dataset(split)
+        if split == "train" and self.config.data.cache_conditions:
+            from unclip.train.cond_cache import IndexedDataset
+
+            return IndexedDataset(dataset)
+        return dataset
+
+    def collate(self, samples):
+        batch = super().collate(samples)
+        if samples and "index" in samples[0]:
+            batch["index"] = torch.tensor([s["index"] for s in samples])
+        return batch
 
     def model_config(self) -> UNetConfig:
         cfg, enc, ae = self.config, self.encoder, self.autoencoder
@@ -205,9 +228,12 @@ class DecoderStage(ImageStage):
 
     def loss(self, model, batch, generator):
         param = next(model.parameters())
-        full = batch["image"].to(param.device, param.dtype)
-        cond = self.conditions(full, list(batch["caption"]))
-        images = self.decoder_images(full)
+        if self._cache is not None and "index" in batch:
+            cond, images = self._cache.batch(batch["index"], param.device)
+        else:
+            full = batch["image"].to(param.device, param.dtype)
+            cond = self.conditions(full, list(batch["caption"]))
+            images = self.decoder_images(full)
         empty = cond.pop("empty_caption", None)
         drop_image, drop_text = cfg_drop_masks(images.shape[0], self.config.drop_image, self.config.drop_text,
                                                generator=generator, device=images.device)
