@@ -72,7 +72,7 @@ def _latent_decoder_config(root, encoder_dir, autoencoder):
         "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4],
                   "head_channels": 16, "context_dim": 16},
         "diffusion": {"timesteps": 100, "prediction": "v", "min_snr_gamma": 5.0},
-        "sample": {"num_images": 2, "steps": 2},
+        "sample": {"num_images": 2, "steps": 2, "recognisability_items": 3},
         "train": dict(TRAIN, steps=3, checkpoint_every=3)})
 
 
@@ -91,6 +91,8 @@ def test_latent_decoder_trains_on_latents_exports_and_samples_pixels(tmp_path, t
     assert info["autoencoder"] == "autoencoder.safetensors" and info["diffusion"]["min_snr_gamma"] == 5.0
     assert (final / "decoder" / "autoencoder.safetensors").is_file()
     assert list((tmp_path / "run" / "eval").rglob("decoder_samples_*.png"))
+    logged = (tmp_path / "run" / "eval.csv").read_text()
+    assert "variation_recognised" in logged and "clip_sim" in logged   # the recognisability training curve
     pipe = assemble(tmp_path / "pipe", encoder=encoder_dir, decoder=tmp_path / "run")
     pipe = load_pipeline(tmp_path / "pipe")   # the autoencoder travels with the decoder component
     assert pipe.decoder.latent and pipe.decoder_size == 16 and pipe.decoder.sample_shape == (2, 8, 8)

@@ -66,8 +66,13 @@ class SampleSettings:
     steps: int = 25
     guidance_scale: float = 3.0
     spacing: str = "trailing"    # timestep grid (unclip.diffusion.schedule.SPACINGS); the pipeline's default too
+    # > 0: also decode this many training images from their own z_i (variations, paper §3.1) and log the
+    # fraction EfficientNet-Lite1 recognises (unclip.eval.recognisability) — the training curve of issue #18
+    recognisability_items: int = 0
 
     def __post_init__(self):
+        if self.recognisability_items < 0:
+            raise ValueError("sample.recognisability_items must be >= 0")
         if self.spacing not in SPACINGS:
             raise ValueError(f"sample.spacing={self.spacing!r}: choose from {', '.join(SPACINGS)}")
 
@@ -253,33 +258,61 @@ class DecoderStage(ImageStage):
         Returns ``clip_sim``: mean cosine between CLIP image embeddings of the samples and the originals.
         """
         from unclip.pipelines.images import image_grid, save_png, to_pil
-        from unclip.pipelines.sampling import sample_decoder
 
         s = self.config.sample
         dataset = self.build_dataset("val")
         n = min(s.num_images, len(dataset))
+        metrics = self._variation_recognisability(model, step) if s.recognisability_items else {}
         if n == 0:
-            return {}
+            return metrics
         samples = [dataset[i] for i in range(n)]
+        full = torch.stack([x["image"] for x in samples])
+        out, images, cond = self._decode_own_embeddings(model, full, [x["caption"] for x in samples], step)
+        out_dir = Path(out_dir)
+        save_png(image_grid(to_pil(images) + to_pil(out), columns=n), out_dir / f"decoder_samples_{step:06d}.png")
+        full = full.to(out.device, out.dtype)
+        real = cond["image_embed"] if "image_embed" in cond else self.encoder.encode_image(full).float()
+        fake = self.encoder.encode_image(out).float()
+        return {**metrics, "clip_sim": float(torch.nn.functional.cosine_similarity(real, fake).mean())}
+
+    @torch.no_grad()
+    def _variation_recognisability(self, model, step: int) -> dict[str, float]:
+        """Lite1 recognisability of decodings of ``sample.recognisability_items`` fixed training images."""
+        from unclip.eval.recognisability import load_recogniser, recognition_rates
+
+        dataset = super().build_dataset("train")
+        count = min(self.config.sample.recognisability_items, len(dataset))
+        picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:count].tolist()
+        rows, outs = [dataset[i] for i in picks], []
+        for start in range(0, count, 32):
+            chunk = rows[start:start + 32]
+            full = torch.stack([x["image"] for x in chunk])
+            outs.append(self._decode_own_embeddings(model, full, [x["caption"] for x in chunk], step + start)[0].cpu())
+        if not outs:
+            return {}
+        references = torch.stack([x["image"] for x in rows])
+        rates = recognition_rates(load_recogniser(), torch.cat(outs).float(), references,
+                                  [x["caption"] for x in rows])
+        return {"variation_recognised": rates["recognised"], "variation_chance": rates["chance"]}
+
+    def _decode_own_embeddings(self, model, full: torch.Tensor, captions: list[str], seed: int):
+        """Decode images [B,3,H,W] from their own CLIP embedding → (samples, targets, conditions), in pixels."""
+        from unclip.pipelines.sampling import sample_decoder
+
+        s = self.config.sample
         param = next(model.parameters())
-        full = torch.stack([x["image"] for x in samples]).to(param.device, param.dtype)
-        captions = [x["caption"] for x in samples]
+        full = full.to(param.device, param.dtype)
         cond = self.conditions(full, captions)
         images = self.decoder_images(full)
         text = None
         if "text_tokens" in cond:
             text = _Text(cond.get("text_embed"), cond["text_tokens"], cond["text_mask"])
-        generator = torch.Generator(param.device).manual_seed(step)
+        generator = torch.Generator(param.device).manual_seed(seed)
         x_T = torch.randn(images.shape, generator=generator, device=param.device, dtype=param.dtype)
         out = sample_decoder(model, self.diffusion, x_T, image_embed=cond.get("image_embed"), text=text,
                              guidance_scale=s.guidance_scale, sampler=s.sampler, steps=s.steps, generator=generator,
                              spacing=s.spacing, clip_denoised=self.autoencoder is None)
-        images, out = self.to_pixels(images), self.to_pixels(out)
-        out_dir = Path(out_dir)
-        save_png(image_grid(to_pil(images) + to_pil(out), columns=n), out_dir / f"decoder_samples_{step:06d}.png")
-        real = cond["image_embed"] if "image_embed" in cond else self.encoder.encode_image(full).float()
-        fake = self.encoder.encode_image(out).float()
-        return {"clip_sim": float(torch.nn.functional.cosine_similarity(real, fake).mean())}
+        return self.to_pixels(out), self.to_pixels(images), cond
 
     def export(self, model, out_dir: Path) -> Path:
         cfg = self.config
