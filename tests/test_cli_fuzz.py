@@ -116,7 +116,7 @@ def _truncate(path: Path) -> None:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    good = tiny_pipeline("unclip").save(root / "model")
+    good = tiny_pipeline("full").save(root / "model")  # prior, decoder, upsampler: can do everything
     images = root / "images"
     images.mkdir()
     for name, data in BAD_IMAGES.items():
@@ -203,3 +203,11 @@ def test_unwritable_outputs_and_bad_flags(corpus, tmp_path, capsys, flag, target
 def test_training_into_an_unwritable_run_directory(corpus, tmp_path, capsys):
     args = ["train", "helpers.stages:TinyStage", "--set", "train.steps=1", "--out", corpus / "a-file" / "run"]
     assert "Not a directory" in _assert_refused(args, corpus, tmp_path, capsys)
+
+
+def test_the_corpus_model_itself_works(corpus, tmp_path, capsys):
+    """So that each refusal above is for the damage, not for something the model cannot do."""
+    model, image = corpus / "model", corpus / "good.png"
+    for args in (["generate", "a red circle", "--model", model, "-n", "1", "--out", tmp_path / "g.png", *FAST],
+                 *_image_commands(image, tmp_path / "out.png", model)):
+        assert main([str(a) for a in args]) == 0, capsys.readouterr().err
