@@ -43,7 +43,7 @@ def to_numpy(images: torch.Tensor) -> np.ndarray:
 
 
 def from_pil(image: Image.Image, size: int | None = None) -> torch.Tensor:
-    """PIL image → [3, S, S] in [-1, 1] (transparent → white, centre-cropped square, resized to ``size``, Lanczos)."""
+    """PIL image → [3, S, S] in [-1, 1]: transparent → white, centre-cropped square, resized to ``size`` (Lanczos)."""
     image = to_rgb_on_white(image)  # as the datasets render
     width, height = image.size
     side = min(width, height)
