@@ -355,3 +355,42 @@ def test_finished_jobs_are_dropped_beyond_keep_results():
         ids = [client.post("/api/generate", json={"prompt": "a"}).json()["job_id"] for _ in range(4)]
         assert client.get(f"/api/jobs/{ids[0]}").status_code == 404
         assert client.get(f"/api/jobs/{ids[-1]}").status_code == 200
+
+
+# --- issue 22: strict numbers, clear messages for bad JSON, settings for missing stages ----------
+@pytest.mark.parametrize("value", ["2", True, 2.0])
+def test_num_images_must_be_a_json_integer(client, value):
+    response = client.post("/api/generate", json={"prompt": "ok", "num_images": value})
+    assert response.status_code == 422 and response.json()["error"].startswith("num_images: ")
+
+
+@pytest.mark.parametrize("body", [{"decoder_steps": "3"}, {"seed": "7"}, {"prior_guidance": True}])
+def test_other_numbers_are_strict_too(client, body):
+    assert client.post("/api/generate", json={"prompt": "ok", **body}).status_code == 422
+
+
+def test_malformed_json_gets_a_sentence_not_a_position(client):
+    response = client.post("/api/generate", content=b'{"prompt": ', headers={"content-type": "application/json"})
+    error = response.json()["error"]
+    assert response.status_code == 422 and error.startswith("the request body is not valid JSON")
+    assert "JSON decode error" not in error and not error.startswith("11")
+
+
+def test_a_large_json_body_is_not_told_to_send_smaller_images(client):
+    response = client.post("/api/generate", json={"prompt": "x" * (70 * 1024)})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert "images" not in error and "shorter" in error and "300 characters" in error
+
+
+def test_upsampler_steps_on_a_model_without_an_upsampler_is_refused():
+    class TwoStages(FakePipeline):
+        stages = ("prior", "decoder")
+
+    with make_client(TwoStages()) as client:
+        response = client.post("/api/generate", json={"prompt": "ok", "upsampler_steps": 3})
+        assert response.status_code == 422 and "no upsampler" in response.json()["error"]
+        upload = client.post("/api/variations", files={"image": ("in.png", png(), "image/png")},
+                             data={"upsampler_steps": "3"})
+        assert upload.status_code == 422 and "no upsampler" in upload.json()["error"]
+        assert client.post("/api/generate", json={"prompt": "ok", "decoder_steps": 3}).status_code == 200

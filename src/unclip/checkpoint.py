@@ -15,19 +15,22 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from unclip.config import from_dict, to_dict
-from unclip.errors import CheckpointError
+from unclip.errors import CheckpointError, ConfigError, OutputError
 
 __all__ = [
     "atomic_write",
     "atomic_write_text",
+    "atomic_write_files",
+    "staged_dir",
     "replace_dir",
     "save_tensors",
     "load_tensors",
@@ -38,10 +41,17 @@ __all__ = [
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` over ``path`` (same directory)."""
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` over ``path`` (same directory).
+
+    An ``OSError`` (read-only or full filesystem, no permission, a parent that is a file) is raised
+    as one-line ``OutputError`` naming ``path`` and the cause; no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError.from_os_error(exc, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -50,10 +60,40 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp_path, path)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno is None:  # not the filesystem: e.g. Pillow refusing to encode
+            raise
+        raise OutputError.from_os_error(exc, path) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_files(writers: Mapping[Path, Callable[[Path], None]]) -> list[Path]:
+    """Write several files as a set: each to a temporary file beside it, then all renamed into place.
+
+    If any write fails, none of the targets is touched (temporaries are removed) and the error is
+    raised (``OutputError`` for filesystem errors, naming the file).
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, write in writers.items():
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.set.tmp")
+            try:
+                atomic_write(tmp, write)
+            except OutputError as exc:  # name the file the user asked for, not the temporary one
+                raise OutputError(path, exc.cause, "nothing was written") from None
+            staged.append((tmp, path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return [path for _, path in staged]
 
 
 def _umask() -> int:
@@ -87,6 +127,45 @@ def replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+@contextmanager
+def staged_dir(directory: Path, *, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a hidden staging folder; when the block succeeds, its files appear in ``directory`` together.
+
+    A missing ``directory`` is staged beside it and renamed into place whole. An existing one gets
+    the files by rename, those named in ``last`` (e.g. an index such as ``generation.json``) last.
+    If the block fails, nothing is added to ``directory``; filesystem errors become ``OutputError``.
+    """
+    directory = Path(directory)
+    fresh = not directory.exists()
+    try:
+        if fresh:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
+        else:
+            stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=directory))
+    except OSError as exc:
+        raise OutputError.from_os_error(exc, directory) from None
+    try:
+        yield stage
+        if fresh:
+            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
+            os.replace(stage, directory)
+        else:
+            names = sorted(p.name for p in stage.iterdir())
+            for name in [n for n in names if n not in last] + [n for n in last if n in names]:
+                os.replace(stage / name, directory / name)
+            stage.rmdir()
+        _fsync_dir(directory)
+    except OutputError as exc:  # named the staging folder's file: name the folder the user gave
+        raise OutputError(directory, exc.cause, "nothing was written") from None
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OutputError.from_os_error(exc, directory, "nothing was written") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -210,9 +289,21 @@ def load_model(
     if expected is not None and not issubclass(cls, expected):
         raise CheckpointError(f"{path} holds a {cls.__name__}, expected a {expected.__name__}")
     config_cls = _config_class(cls)
-    config = from_dict(config_cls, json.loads(meta["config"]))
+    try:
+        stored_config = json.loads(meta.get("config", ""))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path} has an unreadable config in its metadata; the file is damaged") from None
+    try:
+        config = from_dict(config_cls, stored_config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: the config in its metadata is invalid ({exc}); the file is damaged or "
+                              "from another version of unclip") from None
     model = cls(config)
     state = load_tensors(path, device="cpu")
+    damaged = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if damaged is not None:
+        raise CheckpointError(f"{path} is damaged: tensor {damaged!r} holds NaN or infinite values; "
+                              "re-export or re-download the model")
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)

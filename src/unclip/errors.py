@@ -21,3 +21,18 @@ class CheckpointError(UnclipError):
 
 class DataError(UnclipError):
     """A dataset is missing, empty or unreadable."""
+
+
+class OutputError(UnclipError):
+    """An output cannot be written (read-only or full filesystem, a path through a file, no permission).
+
+    The message is 'cannot write PATH: CAUSE' plus an optional note (e.g. 'nothing was written').
+    """
+
+    def __init__(self, path: object, cause: str = "", note: str = ""):
+        self.path, self.cause = path, cause
+        super().__init__(f"cannot write {path}" + (f": {cause}" if cause else "") + (f"; {note}" if note else ""))
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object = None, note: str = "") -> "OutputError":
+        return cls(path if path is not None else (exc.filename or "?"), exc.strerror or type(exc).__name__, note)

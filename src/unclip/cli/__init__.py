@@ -3,7 +3,8 @@
 Each sub-command lives in its own module under ``unclip.cli`` and exposes
 ``register(subparsers)``, which adds one or more parsers and sets
 ``func=callable(args) -> int | None`` on them. Errors a user can cause are
-``UnclipError``s: printed as one line, exit code 2. Anything else is a bug:
+``UnclipError``s: printed as one line, exit code 2; so are filesystem errors (an ``OSError``
+with an errno: read-only or full disk, no permission), named by path. Anything else is a bug:
 one line plus a hint, full traceback only with ``--debug``.
 """
 
@@ -58,18 +59,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnclipError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        _error_line(str(exc))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: keep it to one line unless asked
+    except Exception as exc:
         if debug:
             raise
-        text = str(exc).strip().splitlines()
-        print(f"error: internal error: {type(exc).__name__}: {text[0] if text else ''} "
-              "(re-run with --debug for the traceback)", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.errno is not None:  # the filesystem, not the code
+            where = f"{exc.filename}: " if exc.filename else ""
+            _error_line(f"{where}{exc.strerror or type(exc).__name__}")
+            return 2
+        text = str(exc).strip().splitlines()  # a bug: keep it to one line unless asked
+        _error_line(f"internal error: {type(exc).__name__}: {text[0] if text else ''} "
+                    "(re-run with --debug for the traceback)")
         return 1
+
+
+def _error_line(message: str) -> None:
+    """Print ``error: MESSAGE`` as one line that any terminal can show (a path may hold non-UTF-8 bytes)."""
+    line = " ".join(message.splitlines()).encode("utf-8", "backslashreplace").decode("utf-8")
+    print(f"error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

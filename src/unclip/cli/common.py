@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-from unclip.errors import UnclipError
+from unclip.errors import OutputError, UnclipError
 
 
 def add_command(subparsers, name: str, *, help: str, description: str, examples: str, func):
@@ -28,6 +33,16 @@ def existing_path(text: str) -> Path:
     if not path.exists():
         raise UnclipError(f"path not found: {path}")
     return path
+
+
+def check_writable(directory: Path, flag: str) -> None:
+    """Refuse an output folder that cannot take a file (read-only, no permission) before any work is done."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".unclip-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError.from_os_error(exc, directory, f"choose another {flag}") from None
 
 
 def int_in_range(low: int, high: int):
@@ -58,3 +73,14 @@ def float_in_range(low: float, high: float):
         return value
 
     return parse
+
+
+@contextmanager
+def plain_warnings():
+    """Show warnings (e.g. skipped bad samples) as one 'warning: ...' line each, without source locations."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
-from unclip.cli.common import add_command, int_in_range
+from unclip.cli.common import add_command, int_in_range, plain_warnings
 from unclip.errors import DataError
 
 BUILDERS = ("shapes", "emoji", "icons")
@@ -101,19 +99,8 @@ def _progress(label: str):
     return report
 
 
-@contextmanager
-def _plain_warnings():
-    """Show data warnings as one 'warning: ...' line each, without source locations."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
-
-
 def _build(args) -> int:
-    with _plain_warnings():
+    with plain_warnings():
         return _run_build(args)
 
 
@@ -157,7 +144,7 @@ def _run_build(args) -> int:
 def _info(args) -> int:
     from unclip.data.stats import dataset_stats, format_stats
 
-    with _plain_warnings():
+    with plain_warnings():
         print(format_stats(dataset_stats(args.dir)))
     return 0
 
@@ -165,7 +152,7 @@ def _info(args) -> int:
 def _preview(args) -> int:
     from unclip.data.preview import write_preview
 
-    with _plain_warnings():
+    with plain_warnings():
         n = write_preview(args.dir, args.out, n=args.n, split=args.split, seed=args.seed)
     print(f"wrote {args.out} ({n} images)")
     return 0

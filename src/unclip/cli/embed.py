@@ -38,6 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from unclip.devices import check_device
     from unclip.encoders import load_encoder
     from unclip.encoders.embed import embed_to_shards
     from unclip.encoders.stats import STATS_FILE
@@ -45,6 +46,7 @@ def run(args) -> int:
     splits = [s.strip() for s in args.split.split(",") if s.strip()]
     if not splits or any(s not in ("train", "val", "test", "all") for s in splits) or ("all" in splits and len(splits) > 1):
         raise UnclipError(f"--split {args.split!r} must be train, val, test, a comma list of them, or all")
+    check_device(args.device)
     encoder = load_encoder(args.encoder, device=args.device)
     info = embed_to_shards(encoder, args.data, args.out, encoder_path=str(args.encoder), splits=splits,
                            batch_size=args.batch_size, shard_size=args.shard_size, overwrite=args.overwrite,

@@ -1,8 +1,10 @@
 """``unclip generate``, ``unclip vary``, ``unclip interpolate`` and ``unclip textdiff``.
 
 Text → images with a pipeline directory or shipped model (``--model NAME|PATH``), plus the unCLIP
-image manipulations (paper §3). Every input is checked before the model loads; outputs are written
-atomically and their paths printed.
+image manipulations (paper §3). Every input is checked before the model loads (text, images against
+``unclip.limits.MAX_IMAGE_PIXELS``, the total number of images against ``--max-images``, that the
+outputs can be written); images are sampled ``unclip.limits.GENERATE_BATCH`` at a time and streamed to
+disk; the files of one command appear together or not at all, and their paths are printed.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import argparse
 import json
 import shlex
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
-from unclip.cli.common import add_command, float_in_range, int_in_range
+from unclip.cli.common import add_command, check_writable, float_in_range, int_in_range
 from unclip.diffusion.schedule import SPACINGS
+from unclip.encoders.base import check_utf8
 from unclip.errors import UnclipError
+from unclip.limits import GENERATE_BATCH, MAX_IMAGE_PIXELS, MAX_IMAGES
 
 
 def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> None:
@@ -45,6 +50,12 @@ def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> N
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_image_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-image-pixels", type=int_in_range(1, 2**31 - 1), default=MAX_IMAGE_PIXELS,
+                        help="refuse input images with more pixels (width x height, read from the header before "
+                             "decoding, so a decompression bomb costs nothing)")
+
+
 def register(subparsers) -> None:
     p = add_command(subparsers, "generate", help="generate images from text",
                     description="Generate images from a text prompt with an unCLIP or CLIP-VQDiffusion pipeline.",
@@ -56,7 +67,10 @@ def register(subparsers) -> None:
   unclip generate "a red circle" --model shapes --image-embed-source text   # unCLIP §5.1 ablation""",
                     func=_generate)
     p.add_argument("prompt", nargs="+", help="one or more prompts (quote each)")
-    p.add_argument("-n", "--num-images", type=int_in_range(1, 64), default=4, help="images per prompt")
+    p.add_argument("-n", "--num-images", type=int_in_range(1, MAX_IMAGES), default=4, help="images per prompt")
+    p.add_argument("--max-images", type=int_in_range(1, 10**7), default=MAX_IMAGES,
+                   help="refuse runs of more images in all (prompts x -n); raise it for a big batch job "
+                        f"(images are sampled and written {GENERATE_BATCH} at a time)")
     p.add_argument("--negative", "--negative-prompt", dest="negative", default=None,
                    help="negative prompt (the unconditional branch of classifier-free guidance)")
     p.add_argument("--out", default=None, help="grid PNG to write (default: grid.png unless --out-dir)")
@@ -75,11 +89,12 @@ def register(subparsers) -> None:
   unclip vary photo.png -n 4 --seed 0 --out variations.png --model runs/pipeline-shapes
   unclip vary photo.png --invert --eta 0.5 --out close-variations.png""", func=_vary)
     p.add_argument("image", help="input image file")
-    p.add_argument("-n", "--num-images", type=int_in_range(1, 64), default=4)
+    p.add_argument("-n", "--num-images", type=int_in_range(1, MAX_IMAGES), default=4)
     p.add_argument("--invert", action="store_true",
                    help="start from the image's DDIM-inverted latent (faithful; diversity set by --eta)")
     p.add_argument("--eta", type=float_in_range(0, 1), default=0.8, help="DDIM eta with --invert")
     p.add_argument("--out", default="variations.png", help="grid PNG to write")
+    _add_image_limit(p)
     _add_model_args(p, prior=False)
 
     p = add_command(subparsers, "interpolate", help="interpolate between two images (unCLIP §3.2)",
@@ -93,6 +108,7 @@ def register(subparsers) -> None:
     p.add_argument("--noise", choices=("fixed", "inversion"), default="fixed",
                    help="decoder noise: one fixed seed, or slerp of the DDIM-inverted latents")
     p.add_argument("--out", default="interpolation.png", help="strip PNG (the GIF goes beside it)")
+    _add_image_limit(p)
     _add_model_args(p, prior=False)
 
     p = add_command(subparsers, "textdiff", help="edit an image with a text diff (unCLIP §3.3)",
@@ -108,25 +124,42 @@ def register(subparsers) -> None:
     p.add_argument("--max-theta", type=float_in_range(0.01, 1.0), default=0.5, help="largest slerp weight")
     p.add_argument("--noise", choices=("fixed", "inversion"), default="inversion")
     p.add_argument("--out", default="textdiff.png", help="strip PNG (the GIF goes beside it)")
+    _add_image_limit(p)
     _add_model_args(p, prior=False)
 
 
 # --- helpers ------------------------------------------------------------------------
-def _png_path(text: str) -> Path:
+def _png_path(text: str, flag: str = "--out") -> Path:
     path = Path(text)
     if path.suffix.lower() != ".png":
-        raise UnclipError(f"--out {path} must end in .png")
+        raise UnclipError(f"{flag} {path} must end in .png")
     if path.exists() and path.is_dir():
-        raise UnclipError(f"--out {path} is a directory; give a file name ending in .png (or use --out-dir)")
-    if not path.parent.exists():
-        raise UnclipError(f"directory {path.parent} does not exist; create it or choose another --out")
+        raise UnclipError(f"{flag} {path} is a directory; give a file name ending in .png (or use --out-dir)")
+    if not path.parent.is_dir():
+        raise UnclipError(f"directory {path.parent} does not exist; create it or choose another {flag}")
+    check_writable(path.parent, flag)
     return path
 
 
-def _check_image(text: str) -> None:
-    from unclip.pipelines.images import load_image
+def _out_dir(text: str) -> Path:
+    """``--out-dir``: a directory, or a path whose nearest existing ancestor is a writable directory."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise UnclipError(f"--out-dir {path} is a file; give a directory")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UnclipError(f"--out-dir {path}: {ancestor} is a file, so no directory can be made there")
+    check_writable(ancestor, "--out-dir")
+    return path
 
-    load_image(text)  # raises a one-line error for missing or corrupt files
+
+def _read_image(text: str, max_pixels: int):
+    """The input image as RGB on white, or a one-line error (missing, corrupt, over the pixel limit)."""
+    from unclip.imagefile import open_image
+
+    return open_image(text, max_pixels=max_pixels)
 
 
 def _stage_kwargs(args, *, prior: bool = True) -> dict:
@@ -137,10 +170,13 @@ def _stage_kwargs(args, *, prior: bool = True) -> dict:
 
 
 def _load(args):
+    from unclip.devices import check_device
     from unclip.pipelines import load_pipeline
     from unclip.pipelines.registry import default_model
 
-    args.model = args.model or default_model()  # recorded in generation.json
+    if args.model is None:  # "" is not 'no model': resolve_model refuses it
+        args.model = default_model()  # recorded in generation.json
+    check_device(args.device)
     return load_pipeline(args.model, device=args.device)
 
 
@@ -152,6 +188,9 @@ def _kwargs_for(pipe, kwargs: dict) -> dict:
         raise UnclipError("--spacing applies to unCLIP pipelines (Gaussian diffusion); this model is "
                           "CLIP-VQDiffusion, whose discrete sampler has no timestep grid: drop --spacing")
     stages = getattr(pipe, "stages", ("prior", "decoder", "upsampler"))
+    if "upsampler_steps" in kwargs and "upsampler" not in stages:
+        raise UnclipError(f"--upsampler-steps: this model ({getattr(pipe, 'name', None) or 'the pipeline'}) has no "
+                          f"upsampler (stages: {', '.join(stages)}); drop the flag")
     return {k: v for k, v in kwargs.items() if k in ("sampler", "spacing", "precision") or k.split("_")[0] in stages}
 
 
@@ -161,16 +200,22 @@ def _command() -> str:
 
 # --- commands -------------------------------------------------------------------------
 def _generate(args) -> int:
-    from unclip.checkpoint import atomic_write_text
+    from unclip.checkpoint import atomic_write_text, staged_dir
     from unclip.pipelines.images import image_grid, save_png
+    from unclip.pipelines.unclip import make_seeds
 
-    prompts = [p for p in args.prompt]
+    prompts = [check_utf8(p, f"prompt {i + 1}") for i, p in enumerate(args.prompt)]
     if any(not p.strip() for p in prompts):
         raise UnclipError("empty prompt: give some text, e.g. unclip generate \"a red circle\"")
+    if args.negative is not None:
+        check_utf8(args.negative, "--negative")
+    n = args.num_images
+    total = len(prompts) * n
+    if total > args.max_images:
+        raise UnclipError(f"{len(prompts)} prompt(s) x -n {n} = {total} images is more than the limit of "
+                          f"{args.max_images}; pass --max-images {total} if you mean it")
     out = _png_path(args.out) if args.out else None
-    out_dir = Path(args.out_dir) if args.out_dir else None
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise UnclipError(f"--out-dir {out_dir} is a file; give a directory")
+    out_dir = _out_dir(args.out_dir) if args.out_dir else None
     if out is None and out_dir is None:
         out = _png_path("grid.png")
     pipe = _load(args)
@@ -180,36 +225,44 @@ def _generate(args) -> int:
             raise UnclipError(f"--image-embed-source applies to unCLIP pipelines only, not {args.model} "
                               f"({getattr(pipe, 'kind', type(pipe).__name__)})")
         extra["image_embed_source"] = args.image_embed_source
-    result = pipe(prompts, negative_prompt=args.negative, num_images_per_prompt=args.num_images, seed=args.seed,
-                  progress=not args.quiet, **extra)
-    written = []
-    if out is not None:
-        written.append(save_png(image_grid(result.images, columns=args.columns or args.num_images,
-                                                  zoom=args.zoom), out))
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files = []
-        for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
-            path = save_png(image, out_dir / f"{i:03d}-seed{seed}.png")
-            files.append({"file": path.name, "prompt": result.prompts[i], "seed": seed})
-        record = {"prompts": prompts, "negative_prompt": args.negative, "model": args.model,
-                  "settings": result.settings, "images": files, "command": _command(),
-                  "reproduce": "unclip generate PROMPT --model MODEL -n 1 --seed SEED (same settings)"}
-        atomic_write_text(out_dir / "generation.json", json.dumps(record, indent=2, default=str) + "\n")
-        written.append(out_dir / "generation.json")
-    seeds = result.seeds
-    print(f"wrote {', '.join(str(p) for p in written)} ({len(seeds)} images, seeds {seeds[0]}..{seeds[-1]})")
+    seeds = make_seeds(args.seed, total)  # image i keeps seed+i however the run is batched
+    per_call = max(1, GENERATE_BATCH // n)  # prompts per pipeline call: memory stays flat
+    shown, files, settings, written = [], [], None, []
+    with ExitStack() as stack:
+        stage = stack.enter_context(staged_dir(out_dir, last=("generation.json",))) if out_dir else None
+        for start in range(0, len(prompts), per_call):
+            first = start * n
+            chunk = prompts[start:start + per_call]
+            result = pipe(chunk, negative_prompt=args.negative, num_images_per_prompt=n,
+                          seed=seeds[first:first + len(chunk) * n], progress=not args.quiet, **extra)
+            settings = settings or result.settings
+            for j, (image, seed) in enumerate(zip(result.images, result.seeds)):
+                if stage is not None:
+                    name = f"{first + j:03d}-seed{seed}.png"
+                    save_png(image, stage / name)
+                    files.append({"file": name, "prompt": result.prompts[j], "seed": seed})
+                if out is not None:
+                    shown.append(image)
+        if out is not None:
+            written.append(save_png(image_grid(shown, columns=args.columns or n, zoom=args.zoom), out))
+        if stage is not None:
+            record = {"prompts": prompts, "negative_prompt": args.negative, "model": args.model,
+                      "settings": settings, "images": files, "command": _command(),
+                      "reproduce": "unclip generate PROMPT --model MODEL -n 1 --seed SEED (same settings)"}
+            atomic_write_text(stage / "generation.json", json.dumps(record, indent=2, default=str) + "\n")
+            written.append(out_dir / "generation.json")
+    print(f"wrote {', '.join(str(p) for p in written)} ({total} images, seeds {seeds[0]}..{seeds[-1]})")
     return 0
 
 
 def _vary(args) -> int:
     from unclip.pipelines.images import image_grid, save_png
 
-    _check_image(args.image)
+    image = _read_image(args.image, args.max_image_pixels)
     out = _png_path(args.out)
     pipe = _load(args)
     _require(pipe, "variations")
-    result = pipe.variations(args.image, num_images=args.num_images, seed=args.seed, from_inversion=args.invert,
+    result = pipe.variations(image, num_images=args.num_images, seed=args.seed, from_inversion=args.invert,
                              eta=args.eta, progress=not args.quiet, **_kwargs_for(pipe, _stage_kwargs(args, prior=False)))
     save_png(image_grid(result.images), out)
     print(f"wrote {out} ({len(result.images)} variations, seeds {result.seeds[0]}..{result.seeds[-1]})")
@@ -217,34 +270,39 @@ def _vary(args) -> int:
 
 
 def _write_strip(result, out: Path) -> Path:
-    from unclip.pipelines.images import image_grid, save_gif, save_png
+    """The strip PNG and its GIF, written as a set (both or neither)."""
+    from unclip.checkpoint import atomic_write_files
+    from unclip.pipelines.images import gif_writer, image_grid, png_writer
 
-    save_png(image_grid(result.images, columns=len(result.images)), out)
-    gif = save_gif(result.images, out.with_suffix(".gif"))
+    gif = out.with_suffix(".gif")
+    atomic_write_files({out: png_writer(image_grid(result.images, columns=len(result.images))),
+                        gif: gif_writer(result.images)})
     print(f"wrote {out} and {gif} ({len(result.images)} frames, seed {result.seeds[0]})")
     return gif
 
 
 def _interpolate(args) -> int:
-    _check_image(args.image_a)
-    _check_image(args.image_b)
+    image_a = _read_image(args.image_a, args.max_image_pixels)
+    image_b = _read_image(args.image_b, args.max_image_pixels)
     out = _png_path(args.out)
     pipe = _load(args)
     _require(pipe, "interpolate")
-    result = pipe.interpolate(args.image_a, args.image_b, num_frames=args.frames, seed=args.seed, noise=args.noise,
+    result = pipe.interpolate(image_a, image_b, num_frames=args.frames, seed=args.seed, noise=args.noise,
                               progress=not args.quiet, **_kwargs_for(pipe, _stage_kwargs(args, prior=False)))
     _write_strip(result, out)
     return 0
 
 
 def _textdiff(args) -> int:
-    if not args.from_caption.strip() or not args.to_caption.strip():
+    source = check_utf8(args.from_caption, "--from")
+    target = check_utf8(args.to_caption, "--to")
+    if not source.strip() or not target.strip():
         raise UnclipError("--from and --to need non-empty captions")
-    _check_image(args.image)
+    image = _read_image(args.image, args.max_image_pixels)
     out = _png_path(args.out)
     pipe = _load(args)
     _require(pipe, "text_diff")
-    result = pipe.text_diff(args.image, args.from_caption, args.to_caption, num_frames=args.frames,
+    result = pipe.text_diff(image, source, target, num_frames=args.frames,
                             max_theta=args.max_theta, seed=args.seed, noise=args.noise, progress=not args.quiet,
                             **_kwargs_for(pipe, _stage_kwargs(args, prior=False)))
     _write_strip(result, out)

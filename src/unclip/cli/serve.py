@@ -6,7 +6,9 @@ import socket
 import sys
 
 from unclip.cli.common import add_command, float_in_range, int_in_range
+from unclip.devices import check_device
 from unclip.errors import UnclipError
+from unclip.limits import MAX_IMAGE_PIXELS, MAX_IMAGES
 
 EXAMPLES = """
   unclip serve --model shapes                      # a shipped model, http://127.0.0.1:7860
@@ -32,9 +34,11 @@ def register(subparsers) -> None:
     parser.add_argument("--max-queue", type=int_in_range(1, 1000), default=8, help="waiting jobs before HTTP 429")
     parser.add_argument("--time-limit", type=float_in_range(1, 3600), default=120.0,
                         help="seconds per request, queue wait included")
-    parser.add_argument("--max-images", type=int_in_range(1, 64), default=8, help="images per request")
+    parser.add_argument("--max-images", type=int_in_range(1, MAX_IMAGES), default=8, help="images per request")
     parser.add_argument("--max-steps", type=int_in_range(1, 1000), default=250, help="sampling steps per stage")
     parser.add_argument("--max-upload-mb", type=float_in_range(0.01, 100), default=8.0, help="per uploaded image")
+    parser.add_argument("--max-image-pixels", type=int_in_range(1, 2**31 - 1), default=MAX_IMAGE_PIXELS,
+                        help="refuse uploads with more pixels (read from the header before decoding)")
     parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu or cuda")
     parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
 
@@ -51,10 +55,12 @@ def run(args) -> int:
     try:
         config = ServeConfig(host=args.host, port=args.port, max_queue=args.max_queue,
                              time_limit_s=args.time_limit, max_images=args.max_images, max_steps=args.max_steps,
-                             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+                             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                             max_image_pixels=args.max_image_pixels)
     except ValueError as exc:
         raise UnclipError(str(exc)) from None
     check_port_free(config.host, config.port)
+    check_device(args.device)
     pipeline = load(args.model, args.device)
     app = create_app(pipeline, model_ref=args.model, config=config)
     if not config.is_loopback:

@@ -8,7 +8,7 @@ import os
 import typing
 from pathlib import Path
 
-from unclip.cli.common import add_command
+from unclip.cli.common import add_command, plain_warnings
 from unclip.errors import UnclipError
 
 EXAMPLES = """
@@ -86,7 +86,8 @@ def run(args) -> int:
         run_dir = Path(args.out)
         stage = build_stage(args.stage, args.config, overrides)
     try:
-        final = run_training(stage, run_dir, resume=bool(args.resume))
+        with plain_warnings():
+            final = run_training(stage, run_dir, resume=bool(args.resume))
     except TrainingInterrupted as exc:
         print(f"stopped: {exc}")
         return 130

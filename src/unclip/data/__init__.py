@@ -14,12 +14,13 @@ Batch with ``DataLoader(ds, collate_fn=collate_samples)``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from torch.utils.data import Dataset, IterableDataset
 
 from unclip.data.built import BuiltDataset, DatasetWriter, read_info
-from unclip.data.common import BadSamples, DataWarning, collate_samples, decode_image, image_to_tensor
+from unclip.data.common import BadSamples, DataWarning, MissingSplit, collate_samples, decode_image, image_to_tensor
 from unclip.data.folder import FolderDataset
 from unclip.data.shapes import ShapesDataset, parse_caption, render_shape
 from unclip.data.shards import ShardDataset
@@ -27,6 +28,8 @@ from unclip.errors import DataError
 
 __all__ = [
     "open_dataset",
+    "open_eval_split",
+    "MissingSplit",
     "collate_samples",
     "BuiltDataset",
     "DatasetWriter",
@@ -65,6 +68,20 @@ def open_dataset(path: str | Path, split: str = "train", image_size: int | None 
     if root.is_dir():
         return FolderDataset(root, split=split, image_size=image_size)
     raise DataError(f"{root} is neither a dataset directory, an image folder nor a .tar shard")
+
+
+def open_eval_split(path: str | Path, split: str, image_size: int | None = None) -> Dataset | IterableDataset:
+    """``open_dataset(path, split)`` for evaluation: a source without that split (a plain folder of
+    images, shards without split sub-folders, a built dataset whose split is empty) is evaluated on its
+    train split instead, with a ``DataWarning`` saying so, rather than failing after training."""
+    try:
+        return open_dataset(path, split=split, image_size=image_size)
+    except MissingSplit as exc:
+        if split == "train":
+            raise
+        warnings.warn(f"{exc}; evaluating on the train split instead (the scores are not held-out)",
+                      DataWarning, stacklevel=2)
+        return open_dataset(path, split="train", image_size=image_size)
 
 
 def _only_shards(root: Path) -> bool:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from unclip.checkpoint import atomic_write_text
-from unclip.data.common import BadSamples, GuardedDataset, load_image
+from unclip.data.common import BadSamples, GuardedDataset, MissingSplit, load_image
 from unclip.errors import DataError
 
 __all__ = ["FORMAT_VERSION", "SPLITS", "DatasetWriter", "is_built", "read_info", "BuiltDataset"]
@@ -151,9 +151,11 @@ class BuiltDataset(GuardedDataset):
         self.image_size = image_size
         self.bad = BadSamples(str(self.root))
         self.rows: list[dict[str, Any]] = []
+        seen = 0  # rows of this split, good or bad
         for line_no, row in read_index(self.root):
             if split != "all" and isinstance(row, dict) and row.get("split") != split:
                 continue
+            seen += 1
             problem = self._check_row(row)
             if problem:
                 where = row.get("image") if isinstance(row, dict) and row.get("image") else f"index.jsonl:{line_no}"
@@ -162,7 +164,8 @@ class BuiltDataset(GuardedDataset):
                 self.rows.append(row)
         self.bad.report(" when opening")
         if not self.rows:
-            raise DataError(f"{root} has no usable samples in split {split!r}")
+            error = DataError if seen else MissingSplit
+            raise error(f"{root} has no usable samples in split {split!r}")
         self.pixels: torch.Tensor | None = None  # [N, 3, H, W] uint8 when in_memory
         if in_memory:
             self._decode_all()

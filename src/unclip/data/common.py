@@ -8,16 +8,16 @@ log and reported in one warning naming the count and the first few paths.
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from unclip.errors import DataError
+from unclip.imagefile import ImageRejected, open_image, to_rgb_on_white
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -26,11 +26,17 @@ __all__ = [
     "load_image",
     "image_to_tensor",
     "decode_caption",
+    "to_rgb_on_white",
     "collate_samples",
     "DataWarning",
+    "MissingSplit",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+
+
+class MissingSplit(DataError):
+    """The dataset has no such split (a plain folder without val/ or test/, an empty split)."""
 
 
 class DataWarning(UserWarning):
@@ -94,24 +100,14 @@ def image_to_tensor(image: Image.Image, image_size: int | None = None) -> torch.
     return torch.from_numpy(array.copy()).permute(2, 0, 1).div(127.5).sub(1.0)
 
 
-def to_rgb_on_white(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def decode_image(data: bytes, image_size: int | None = None) -> torch.Tensor:
-    """Bytes of an image file → tensor; raises ``DataError`` for non-images and truncated files."""
+    """Bytes of an image file → tensor; ``DataError`` for non-images, truncated files and images over
+    ``unclip.limits.MAX_IMAGE_PIXELS`` (checked from the header, so a bomb is skipped like any bad file)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # full decode: truncated files fail here, not later
-            return image_to_tensor(image, image_size)
-    except UnidentifiedImageError:
-        raise DataError("not an image") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot decode image: {_first_line(exc)}") from None
+        image = open_image(data)
+    except ImageRejected as exc:
+        raise DataError(exc.reason) from None
+    return image_to_tensor(image, image_size)
 
 
 def load_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:

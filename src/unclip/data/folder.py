@@ -12,10 +12,10 @@ Sub-folders named ``train``/``val``/``test`` are used as splits when present;
 otherwise the whole folder is the ``train`` split. Images are found recursively.
 
 Checks happen in two places: when the folder is opened (missing, empty or
-unreadable files, files that are not images, missing/empty/non-UTF-8 captions —
-all skipped and reported in one warning) and in ``__getitem__`` (a truncated or
-undecodable image is replaced by the next good one and counted; see
-``GuardedDataset``).
+unreadable files, files that are not images, images over ``unclip.limits.MAX_IMAGE_PIXELS``
+(decompression bombs), missing/empty/non-UTF-8 captions — all skipped and reported in one
+warning) and in ``__getitem__`` (a truncated or undecodable image is replaced by the next good
+one and counted; see ``GuardedDataset``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
-from unclip.data.common import IMAGE_EXTENSIONS, BadSamples, GuardedDataset, decode_caption, load_image
+from unclip.data.common import (IMAGE_EXTENSIONS, BadSamples, GuardedDataset, MissingSplit, decode_caption,
+                                load_image)
 from unclip.errors import DataError
+from unclip.imagefile import ImageRejected, check_image_header
 
 __all__ = ["FolderDataset"]
 
@@ -50,12 +50,12 @@ class FolderDataset(GuardedDataset):
         if split != "all" and has_split_dirs:
             folder = root / split
             if not folder.is_dir():
-                raise DataError(f"{root} has no '{split}' sub-folder; add one or use split='train'")
+                raise MissingSplit(f"{root} has no '{split}' sub-folder; add one or use split='train'")
         elif split in ("train", "all"):
             folder = root
         else:
-            raise DataError(f"{root} has no train/val/test sub-folders, so only split='train' (or 'all') exists; "
-                            "make sub-folders to get a val split")
+            raise MissingSplit(f"{root} has no train/val/test sub-folders, so only split='train' (or 'all') exists; "
+                               "make sub-folders to get a val split")
         self.root, self.folder, self.split, self.image_size = root, folder, split, image_size
         self.bad = BadSamples(str(folder))
         self.items: list[tuple[Path, str, dict[str, Any]]] = []  # (path, caption, meta)
@@ -111,7 +111,11 @@ class FolderDataset(GuardedDataset):
         if relative not in table:
             raise DataError(f"not listed in {source}")
         caption, meta = table[relative]
-        return decode_caption(caption.encode("utf-8")), meta
+        try:
+            data = caption.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in JSON) is no text
+            raise DataError(f"caption is not valid Unicode (a lone surrogate in {source})") from None
+        return decode_caption(data), meta
 
     # --- reading ----------------------------------------------------------
     def __len__(self) -> int:
@@ -130,14 +134,11 @@ def _hidden(path: Path, root: Path) -> bool:
 
 
 def _check_header(path: Path) -> None:
-    """Cheap check (header only) that ``path`` is a non-empty image file."""
+    """Cheap check (header only) that ``path`` is a non-empty image within the pixel limit."""
     try:
-        if path.stat().st_size == 0:
-            raise DataError("empty file")
-        with Image.open(path) as image:
-            image.size  # noqa: B018 - the header parse is the check
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"not a readable image ({type(exc).__name__})") from None
+        check_image_header(path)
+    except ImageRejected as exc:
+        raise DataError(exc.reason) from None
 
 
 def _pick(row: dict, names: tuple[str, ...]) -> Any:

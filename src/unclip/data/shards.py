@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from unclip.data.common import BadSamples, decode_caption, decode_image
+from unclip.data.common import BadSamples, MissingSplit, decode_caption, decode_image
 from unclip.errors import DataError
 
 __all__ = ["ShardDataset", "expand_shards", "write_shards"]
@@ -52,7 +52,7 @@ def expand_shards(spec: str, split: str = "train") -> list[Path]:
             elif split == "train":
                 paths = sorted(root.glob("*.tar"))
             else:
-                raise DataError(f"{spec} has no '{split}' sub-folder of shards; use split='train' or add one")
+                raise MissingSplit(f"{spec} has no '{split}' sub-folder of shards; use split='train' or add one")
         else:
             paths = [root]
     missing = [p for p in paths if not p.is_file()]

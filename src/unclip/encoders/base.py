@@ -24,7 +24,8 @@ from torch import nn
 from unclip.checkpoint import atomic_write_text
 from unclip.errors import UnclipError
 
-__all__ = ["TextEncoding", "Encoder", "ENCODER_FILE", "check_captions", "write_encoder_json", "read_encoder_json"]
+__all__ = ["TextEncoding", "Encoder", "ENCODER_FILE", "check_captions", "check_utf8", "write_encoder_json",
+           "read_encoder_json"]
 
 ENCODER_FILE = "encoder.json"
 
@@ -50,7 +51,21 @@ def check_captions(captions: Sequence[str]) -> list[str]:
             raise UnclipError(f"caption {i} is a {type(caption).__name__}, not a string")
         if not caption.strip():
             raise UnclipError(f"caption {i} is empty: every caption needs some text")
+        check_utf8(caption, f"caption {i}")
     return captions
+
+
+def check_utf8(text: str, what: str) -> str:
+    """``text`` if it can be written as UTF-8; a lone surrogate (what Python makes of non-UTF-8 bytes
+    in a command line or a file read with ``surrogateescape``) is a one-line ``UnclipError``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        shown = shown[:40] + ("..." if len(shown) > 40 else "")
+        raise UnclipError(f"{what} ('{shown}') is not valid UTF-8 text; re-type it or fix the terminal's "
+                          "encoding (e.g. LANG=C.UTF-8)") from None
+    return text
 
 
 class Encoder(nn.Module):

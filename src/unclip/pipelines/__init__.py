@@ -14,14 +14,15 @@ text→image pipeline is called the same way (see docs/pipeline.md)::
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from unclip.devices import check_device
 from unclip.errors import CheckpointError, UnclipError
+from unclip.pipelines.manifest import check_pipeline_info, read_json_object
 from unclip.pipelines.registry import PIPELINE_FILE, resolve_model
 
 __all__ = ["PipelineOutput", "PIPELINE_KINDS", "load_pipeline", "read_pipeline_json", "assemble"]
@@ -50,18 +51,16 @@ class PipelineOutput:
 
 def read_pipeline_json(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / PIPELINE_FILE
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} is missing or unreadable; is {directory} a pipeline directory?") from None
-    if not isinstance(info, dict) or not isinstance(info.get("kind"), str):
+    info = read_json_object(path, f"is {directory} a pipeline directory?")
+    if not isinstance(info.get("kind"), str):
         raise CheckpointError(f"{path} names no pipeline kind; rebuild the pipeline directory")
-    return info
+    return check_pipeline_info(info, path)
 
 
 def load_pipeline(path_or_name: str | Path | None = None, *, device: str | torch.device = "cpu"):
     """Load a pipeline from a directory or a shipped model name (default ``"emoji"``)."""
     directory = resolve_model(path_or_name)
+    device = check_device(device)
     kind = read_pipeline_json(directory)["kind"]
     if kind not in PIPELINE_KINDS:
         raise CheckpointError(f"{directory / PIPELINE_FILE} has unknown kind {kind!r} "

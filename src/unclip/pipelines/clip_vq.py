@@ -40,6 +40,7 @@ from unclip.errors import CheckpointError, UnclipError
 from unclip.models.token_transformer import TokenTransformer
 from unclip.models.vq import VQModel
 from unclip.pipelines import PipelineOutput, read_pipeline_json
+from unclip.pipelines.images import check_finite
 from unclip.precision import autocast, resolve_precision
 
 __all__ = ["ClipVQPipeline", "DEFAULTS"]
@@ -132,7 +133,8 @@ class ClipVQPipeline:
         images = torch.cat(images)
         info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
                 "stages": {"decoder": s}, "model": self.name, "condition": self.condition}
-        return PipelineOutput(images=_format(images, output_type), seeds=seeds, prompts=image_prompts, settings=info)
+        return PipelineOutput(images=_format(check_finite(images, self.name), output_type), seeds=seeds,
+                              prompts=image_prompts, settings=info)
 
     def _conditions(self, prompts: list[str], negative_prompt: str | None):
         """Normalised CLIP text embeddings [B,D] of the prompts (and of the negative prompt, else None)."""

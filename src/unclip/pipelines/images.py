@@ -7,16 +7,28 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from unclip.checkpoint import atomic_write
-from unclip.errors import UnclipError
+from unclip.errors import CheckpointError, UnclipError
+from unclip.imagefile import open_image, to_rgb_on_white
+from unclip.limits import MAX_IMAGE_PIXELS
 
-__all__ = ["to_pil", "to_numpy", "from_pil", "image_grid", "load_image", "save_png", "save_gif"]
+__all__ = ["to_pil", "to_numpy", "from_pil", "check_finite", "image_grid", "load_image", "save_png", "save_gif"]
+
+
+def check_finite(images: torch.Tensor, model: str | None = None) -> torch.Tensor:
+    """``images`` unchanged if every value is finite; else a one-line ``CheckpointError``: NaN or inf
+    out of a network means damaged weights (e.g. flipped bits), and must not become a black PNG."""
+    if not torch.isfinite(images).all():
+        name = f"model {model!r}" if model else "the model"
+        raise CheckpointError(f"{name} produced NaN or infinite values, so its weights are damaged (a flipped bit "
+                              "or a diverged training run); re-download or re-export it")
+    return images
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -31,12 +43,8 @@ def to_numpy(images: torch.Tensor) -> np.ndarray:
 
 
 def from_pil(image: Image.Image, size: int | None = None) -> torch.Tensor:
-    """RGB PIL image → [3, S, S] in [-1, 1] (centre-cropped square, resized to ``size`` with Lanczos)."""
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)  # transparent → white, as the datasets render
-    image = image.convert("RGB")
+    """PIL image → [3, S, S] in [-1, 1]: transparent → white, centre-cropped square, resized to ``size`` (Lanczos)."""
+    image = to_rgb_on_white(image)  # as the datasets render
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
@@ -47,17 +55,10 @@ def from_pil(image: Image.Image, size: int | None = None) -> torch.Tensor:
     return array.permute(2, 0, 1) / 127.5 - 1
 
 
-def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """Read an image file → [3, S, S] in [-1, 1]; missing or corrupt files raise a one-line UnclipError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UnclipError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return from_pil(image, size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise UnclipError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from None
+def load_image(path: str | Path, size: int | None = None, *, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """Read an image file → [3, S, S] in [-1, 1]; a missing, corrupt or over-``max_pixels`` file
+    raises a one-line ``ImageRejected`` (``unclip.imagefile.open_image``)."""
+    return from_pil(open_image(path, max_pixels=max_pixels), size)
 
 
 def image_grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2,
@@ -87,11 +88,24 @@ def _check_suffix(path: Path, suffixes: tuple[str, ...]) -> None:
         raise UnclipError(f"output {path} must end in {' or '.join(suffixes)}")
 
 
+def png_writer(image: Image.Image) -> Callable[[Path], None]:
+    """A function that writes ``image`` as a PNG to the path it is given (for ``atomic_write``)."""
+    return lambda path: image.save(path, format="PNG")
+
+
+def gif_writer(frames: Sequence[Image.Image], duration_ms: int = 120) -> Callable[[Path], None]:
+    """A function that writes an animated, looping GIF that plays the frames forward then back."""
+    frames = list(frames)
+    sequence = frames + frames[-2:0:-1]
+    return lambda path: sequence[0].save(path, format="GIF", save_all=True, append_images=sequence[1:],
+                                         duration=duration_ms, loop=0)
+
+
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Write a PNG atomically (no half-written files)."""
     path = Path(path)
     _check_suffix(path, (".png",))
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    atomic_write(path, png_writer(image))
     return path
 
 
@@ -99,8 +113,5 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, duration_ms: int =
     """Write an animated, looping GIF atomically (plays forward then back)."""
     path = Path(path)
     _check_suffix(path, (".gif",))
-    frames = list(frames)
-    sequence = frames + frames[-2:0:-1]
-    atomic_write(path, lambda tmp: sequence[0].save(tmp, format="GIF", save_all=True, append_images=sequence[1:],
-                                                    duration=duration_ms, loop=0))
+    atomic_write(path, gif_writer(frames, duration_ms))
     return path

@@ -22,7 +22,7 @@ from PIL import Image
 from unclip.diffusion.samplers import ddim_invert
 from unclip.errors import UnclipError
 from unclip.pipelines import PipelineOutput
-from unclip.pipelines.images import from_pil, load_image
+from unclip.pipelines.images import check_finite, from_pil, load_image
 from unclip.pipelines.sampling import decoder_kwargs
 from unclip.precision import autocast
 
@@ -101,6 +101,7 @@ def _frames_check(num_frames: int) -> None:
 
 
 def _finish(pipe, images, seeds, labels, settings, output_type) -> PipelineOutput:
+    images = check_finite(images, pipe.name)
     return PipelineOutput(images=pipe.format(images, output_type), seeds=seeds, prompts=labels, settings=settings)
 
 

@@ -67,6 +67,7 @@ class PriorComponent:
 
 def load_prior_component(directory: str | Path, device) -> PriorComponent:
     from unclip.checkpoint import load_model
+    from unclip.pipelines.manifest import check_component_info, read_json_object
 
     directory = Path(directory)
     path = directory / "model.safetensors"
@@ -74,8 +75,6 @@ def load_prior_component(directory: str | Path, device) -> PriorComponent:
         raise CheckpointError(f"prior not found: {path}")
     info = None
     if (directory / "component.json").is_file():
-        try:
-            info = json.loads((directory / "component.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise CheckpointError(f"{directory / 'component.json'} is unreadable; re-export the prior") from None
+        info = read_json_object(directory / "component.json", "re-export the prior")
+        check_component_info(info, directory / "component.json", ("prior",))
     return PriorComponent(load_model(path, device=device), info)

@@ -39,7 +39,8 @@ from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
 from unclip.models.unet import UNet
 from unclip.pipelines import PipelineOutput, read_pipeline_json
-from unclip.pipelines.images import to_numpy, to_pil
+from unclip.pipelines.images import check_finite, to_numpy, to_pil
+from unclip.pipelines.manifest import check_component_info, read_json_object
 from unclip.pipelines.prior_adapter import PriorComponent, load_prior_component
 from unclip.pipelines.sampling import check_sampler, fast_layout, is_stochastic, sample_decoder, sample_upsampler
 from unclip.precision import autocast, resolve_precision
@@ -97,15 +98,17 @@ class Component:
     def load(cls, directory: Path, device) -> "Component":
         directory = Path(directory)
         path = directory / "model.safetensors"
-        try:
-            info = json.loads((directory / "component.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise CheckpointError(f"{directory / 'component.json'} is missing or unreadable; re-export the model") from None
+        info = read_json_object(directory / "component.json", "re-export the model")
+        check_component_info(info, directory / "component.json", ("decoder", "upsampler"))
         autoencoder = None
         if info.get("autoencoder"):
             from unclip.models.autoencoder import Autoencoder
 
-            autoencoder = load_model(directory / info["autoencoder"], device=device, expected=Autoencoder)
+            name = info["autoencoder"]
+            if Path(name).name != name or name.startswith("."):
+                raise CheckpointError(f"{directory / 'component.json'}: 'autoencoder' must be a file name in "
+                                      f"{directory}, got {name!r}")
+            autoencoder = load_model(directory / name, device=device, expected=Autoencoder)
         return cls(load_model(path, device=device, expected=UNet), info, autoencoder)
 
     def save(self, directory: Path) -> None:
@@ -263,8 +266,8 @@ class UnCLIPPipeline:
                                image_embed=image_embed)
         info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
                 "stages": settings, "model": self.name, "image_embed_source": image_embed_source}
-        return PipelineOutput(images=self.format(images, output_type), seeds=seeds, prompts=image_prompts,
-                              settings=info)
+        return PipelineOutput(images=self.format(check_finite(images, self.name), output_type), seeds=seeds,
+                              prompts=image_prompts, settings=info)
 
     def _check_image_embed_source(self, source) -> None:
         if source not in IMAGE_EMBED_SOURCES:

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unclip import __version__
 from unclip.errors import UnclipError
+from unclip.limits import MAX_IMAGES
 from unclip.serve.backend import Backend, Result, Sampling, ServablePipeline
 from unclip.serve.config import ServeConfig
 from unclip.serve.images import b64, decode_upload
@@ -107,17 +108,18 @@ def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, q
         if negative:
             _check_text(config, negative, "negative_prompt")
         _check_count(config.max_images, body.num_images, "num_images")
-        sampling = _sampling(config, body)
+        sampling = _sampling(config, body, backend.stages)
         job = _submit(queue, "generate", lambda report: backend.generate(prompt, negative, body.num_images,
                                                                         sampling, report))
         return await _answer(queue, job, wait)
 
     @app.post("/api/variations", summary="Variations of an uploaded image", responses=ERRORS, response_model=JobOut)
     async def variations(image: UploadFile = File(..., description="PNG, JPEG, WebP, GIF or BMP"),
-                         num_images: int = Form(4, ge=1, le=64), sampling_in: SamplingIn = Depends(_sampling_form),
+                         num_images: int = Form(4, ge=1, le=MAX_IMAGES),
+                         sampling_in: SamplingIn = Depends(_sampling_form),
                          wait: bool = Query(True, description=WAIT_HELP)):
         _check_count(config.max_images, num_images, "num_images")
-        sampling = _sampling(config, sampling_in)
+        sampling = _sampling(config, sampling_in, backend.stages)
         _refuse_if_full(queue)
         picture = await _read_image(config, image, "image", decoding)
         name = _file_name(image, "image.png")
@@ -131,7 +133,7 @@ def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, q
                           num_frames: int = Form(5, ge=2, le=64), sampling_in: SamplingIn = Depends(_sampling_form),
                           wait: bool = Query(True, description=WAIT_HELP)):
         _check_count(config.max_frames, num_frames, "num_frames")
-        sampling = _sampling(config, sampling_in)
+        sampling = _sampling(config, sampling_in, backend.stages)
         _refuse_if_full(queue)
         first = await _read_image(config, image_a, "image_a", decoding)
         second = await _read_image(config, image_b, "image_b", decoding)
@@ -149,7 +151,7 @@ def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, q
         source = _check_text(config, from_caption, "from_caption")
         target = _check_text(config, to_caption, "to_caption")
         _check_count(config.max_frames, num_frames, "num_frames")
-        sampling = _sampling(config, sampling_in)
+        sampling = _sampling(config, sampling_in, backend.stages)
         _refuse_if_full(queue)
         picture = await _read_image(config, image, "image", decoding)
         name = _file_name(image, "image.png")
@@ -212,8 +214,11 @@ def _sampling_form(seed: str | None = Form(None, description='integer, or "rando
                       decoder_guidance=decoder_guidance)
 
 
-def _sampling(config: ServeConfig, body: SamplingIn) -> Sampling:
-    """Check steps and guidance against the server's limits; draw a seed when none was given."""
+def _sampling(config: ServeConfig, body: SamplingIn, stages: tuple[str, ...]) -> Sampling:
+    """Check steps and guidance against the server's limits and the model; draw a seed when none was given."""
+    if body.upsampler_steps is not None and "upsampler" not in stages:
+        raise ApiError(422, f"upsampler_steps: this model has no upsampler (stages: {', '.join(stages)}); "
+                       "leave it out")
     for name in ("prior_steps", "decoder_steps", "upsampler_steps"):
         value = getattr(body, name)
         if value is not None and value > config.max_steps:
@@ -349,6 +354,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def invalid(_request, exc: RequestValidationError):
         problems = exc.errors()
         first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # loc is (body, character offset), not a field
+            offset = first.get("loc", ("body", "?"))[-1]
+            cause = (first.get("ctx") or {}).get("error", "malformed JSON")
+            return _error(422, f"the request body is not valid JSON ({cause} at character {offset}); send a JSON "
+                          'object such as {"prompt": "a red circle"} with Content-Type: application/json')
         where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return _error(422, f"{where}: {first.get('msg', 'invalid value')}{more}")
@@ -368,8 +378,10 @@ def _install_body_limit(app: FastAPI, config: ServeConfig) -> None:
             length = request.headers.get("content-length")
             if length is None or not length.isdigit():
                 return _error(411, "send a Content-Length header (streamed bodies are not accepted)")
-            limit = JSON_BODY_LIMIT if request.url.path == "/api/generate" else upload_limit
+            json_body = request.url.path == "/api/generate"
+            limit = JSON_BODY_LIMIT if json_body else upload_limit
             if int(length) > limit:
-                return _error(413, f"the request body is {length} bytes, more than the limit of {limit}; "
-                              "send smaller images")
+                hint = (f"prompts are at most {config.max_prompt_chars} characters, so send a shorter JSON body"
+                        if json_body else "send smaller images")
+                return _error(413, f"the request body is {length} bytes, more than the limit of {limit}; {hint}")
         return await call_next(request)

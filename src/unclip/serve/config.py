@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from unclip.limits import MAX_IMAGE_PIXELS, MAX_IMAGES
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig:
@@ -22,13 +24,13 @@ class ServeConfig:
     time_limit_s: float = 120.0  # per request, counted from submission (queue wait + sampling)
     keep_results: int = 32  # finished jobs kept for polling; the oldest are dropped first
     max_prompt_chars: int = 300
-    max_images: int = 8  # images per request (generate, variations)
+    max_images: int = 8  # images per request (generate, variations); at most unclip.limits.MAX_IMAGES
     max_frames: int = 12  # frames of an interpolation or text diff
     max_steps: int = 250  # per stage
     min_guidance: float = 0.0
     max_guidance: float = 20.0
     max_upload_bytes: int = 8 * 1024 * 1024  # per uploaded file
-    max_image_pixels: int = 4096 * 4096  # checked from the header before decoding
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # checked from the header before decoding (unclip.imagefile)
     max_image_side: int = 1024  # larger uploads are downscaled once decoded, so queued jobs stay small
 
     def __post_init__(self):
@@ -37,6 +39,8 @@ class ServeConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_images > MAX_IMAGES:
+            raise ValueError(f"max_images must be at most {MAX_IMAGES}, got {self.max_images}")
         if self.max_frames < 2:
             raise ValueError(f"max_frames must be at least 2, got {self.max_frames}")
         if not 0 < self.time_limit_s <= 3600:

@@ -2,17 +2,20 @@
 
 Hard ranges live here; the server's own (tighter) limits from ``ServeConfig``
 are checked in ``unclip.serve.app`` so one schema serves every configuration.
+Numbers are strict: ``"2"``, ``true`` or ``2.0`` for an integer is a 422, not a silent conversion.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from unclip.limits import MAX_IMAGES
 
 SEED_MAX = 2**31 - 1  # as unclip.pipelines.unclip.SEED_MAX; image i uses seed + i
 
-SeedField = int | Literal["random"] | None
+SeedField = StrictInt | Literal["random"] | None
 
 
 class SamplingIn(BaseModel):
@@ -22,11 +25,13 @@ class SamplingIn(BaseModel):
 
     seed: SeedField = Field(None, description='integer in [0, 2^31-1], or "random"/null for a random seed '
                             "(the seed used is returned so the result can be reproduced)")
-    prior_steps: int | None = Field(None, ge=1, le=1000, description="diffusion prior sampling steps")
-    decoder_steps: int | None = Field(None, ge=1, le=1000, description="decoder sampling steps")
-    upsampler_steps: int | None = Field(None, ge=1, le=1000, description="upsampler sampling steps")
-    prior_guidance: float | None = Field(None, ge=0, le=100, description="classifier-free guidance scale of the prior")
-    decoder_guidance: float | None = Field(None, ge=0, le=100, description="classifier-free guidance scale of the decoder")
+    prior_steps: int | None = Field(None, ge=1, le=1000, strict=True, description="diffusion prior sampling steps")
+    decoder_steps: int | None = Field(None, ge=1, le=1000, strict=True, description="decoder sampling steps")
+    upsampler_steps: int | None = Field(None, ge=1, le=1000, strict=True, description="upsampler sampling steps")
+    prior_guidance: float | None = Field(None, ge=0, le=100, strict=True,
+                                         description="classifier-free guidance scale of the prior")
+    decoder_guidance: float | None = Field(None, ge=0, le=100, strict=True,
+                                           description="classifier-free guidance scale of the decoder")
 
 
 class GenerateIn(SamplingIn):
@@ -35,7 +40,7 @@ class GenerateIn(SamplingIn):
     prompt: str = Field(..., min_length=1, max_length=2000, examples=["a large red circle in the center"])
     negative_prompt: str = Field("", max_length=2000, description="caption to steer away from (replaces the "
                                  "empty caption in classifier-free guidance)")
-    num_images: int = Field(1, ge=1, le=64)
+    num_images: int = Field(1, ge=1, le=MAX_IMAGES, strict=True)
 
 
 class ProgressOut(BaseModel):

@@ -331,14 +331,21 @@ def run_training(stage: Stage, out_dir: str | Path, *, resume: bool = False) -> 
         torch.use_deterministic_algorithms(previous_deterministic)
 
 
+_WINDOW_KEY = "metrics_window"  # TrainState.extra entry: {"sums": {name: float}, "steps": int, "seconds": float}
+
+
 def _train(run: _Run) -> Path:
     cfg = run.cfg
     logger = MetricsLogger(run.out_dir, enabled=run.main, start_step=run.state.step, total_steps=cfg.steps,
                            run_name=stage_spec(run.stage))
     if run.checkpoint_path is not None:
         logger.write(f"resumed from {run.checkpoint_path} (step {run.state.step}, epoch {run.state.epoch})")
-    window: dict[str, float] = {}
-    window_steps, window_start, bad_messages = 0, time.perf_counter(), 0
+    # The metrics window (sums since the last logged row) travels in the checkpoint, so a run resumed
+    # off the log_every grid logs the rows an uninterrupted run logs (samples_per_s aside: it is a time).
+    saved = run.state.extra.pop(_WINDOW_KEY, None) or {}
+    window: dict[str, float] = dict(saved.get("sums", {}))
+    window_steps, bad_messages = int(saved.get("steps", 0)), 0
+    window_start = time.perf_counter() - float(saved.get("seconds", 0.0))
     try:
         with _StopSignal() as signals:
             while run.state.step < cfg.steps:
@@ -355,7 +362,7 @@ def _train(run: _Run) -> Path:
                 window_steps += 1
                 logger.progress(step, result["loss"], result["lr"])
                 stop = run.stop_requested(signals)
-                if step % cfg.log_every == 0 or step == cfg.steps or stop:
+                if step % cfg.log_every == 0 or step == cfg.steps:  # not on a stop: the row would be extra
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     row = {"step": step, "epoch": run.stream.epoch, "lr": result["lr"],
                            "grad_norm": result["grad_norm"], "samples_per_s": window.pop("samples") / elapsed,
@@ -364,7 +371,10 @@ def _train(run: _Run) -> Path:
                     logger.log(row)
                     window, window_steps, window_start = {}, 0, time.perf_counter()
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                    run.state.extra[_WINDOW_KEY] = {"sums": dict(window), "steps": window_steps,
+                                                    "seconds": time.perf_counter() - window_start}
                     run.save()
+                    run.state.extra.pop(_WINDOW_KEY)
                 if stop:
                     if run.main:
                         write_run_info(run.out_dir, run.stage, "interrupted", step=step)

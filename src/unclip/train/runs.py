@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from unclip import __version__
 from unclip.config import apply_overrides, from_dict, load_config, load_config_file, save_config, to_dict
-from unclip.errors import ConfigError, UnclipError
+from unclip.errors import ConfigError, OutputError, UnclipError
 from unclip.train.stage import Stage
 from unclip.train.stages import STAGES, get_stage_class
 
@@ -99,7 +99,10 @@ def prepare_run_dir(run_dir: Path, stage: Stage, *, resume: bool) -> None:
         old_spec = read_run_info(run_dir)["stage"]
         if old_spec != stage_spec(stage):
             raise ConfigError(f"{run_dir} is a {old_spec!r} run, cannot resume it as {stage_spec(stage)!r}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError.from_os_error(exc, run_dir, "choose another --out") from None
     save_config(stage.config, config_path)
     write_run_info(run_dir, stage, "running")
 

@@ -78,11 +78,15 @@ class ImageStage(Stage):
         return getattr(self.config.data, "image_size", None)
 
     def build_dataset(self, split: str) -> Dataset:
-        from unclip.data import open_dataset
+        """``split`` of ``config.data.path``; for evaluation ("val" → ``data.val_split``, or any other
+        name) a source without that split, e.g. a plain folder, gives its train split with a warning."""
+        from unclip.data import open_dataset, open_eval_split
 
         data = self.config.data
+        if split == "train":
+            return open_dataset(data.path, split=split, image_size=self.image_size())
         split = data.val_split if split == "val" else split
-        return open_dataset(data.path, split=split, image_size=self.image_size())
+        return open_eval_split(data.path, split, image_size=self.image_size())
 
     def collate(self, samples: list[Any]) -> Any:
         from unclip.data import collate_samples

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from unclip.checkpoint import _fsync_dir, atomic_write_text, load_tensors, read_metadata, save_tensors
-from unclip.errors import CheckpointError
+from unclip.errors import CheckpointError, OutputError
 
 __all__ = ["TrainState", "Checkpoint", "capture_rng", "restore_rng", "save_checkpoint",
            "list_checkpoints", "latest_checkpoint", "load_checkpoint", "clean_partial"]
@@ -130,7 +130,10 @@ def save_checkpoint(run_dir: Path, state: TrainState, *, model: dict[str, torch.
         return final  # same step already saved (e.g. SIGINT right after a periodic save)
     tmp = root / f".tmp-step_{state.step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError.from_os_error(exc, final, "the earlier checkpoints are kept") from None
     try:
         save_tensors(tmp / "model.safetensors", _untie(model), {"format": "unclip-train"})
         if ema is not None:
@@ -145,6 +148,14 @@ def save_checkpoint(run_dir: Path, state: TrainState, *, model: dict[str, torch.
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
+    except OutputError as exc:  # named a file of the hidden temporary folder: name the checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(final, exc.cause, "the earlier checkpoints are kept") from None
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno is None:  # not the filesystem's
+            raise
+        raise OutputError.from_os_error(exc, final, "the earlier checkpoints are kept") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

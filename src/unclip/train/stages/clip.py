@@ -101,9 +101,10 @@ class ClipStage(Stage):
         return cfg.data.image_size or vision.image_size
 
     def _open(self, split: str) -> Dataset:
-        from unclip.data import open_dataset
+        from unclip.data import open_dataset, open_eval_split
 
-        return open_dataset(self.config.data.path, split=split, image_size=self.image_size)
+        opener = open_dataset if split == "train" else open_eval_split  # a plain folder has no val split
+        return opener(self.config.data.path, split=split, image_size=self.image_size)
 
     def build_dataset(self, split: str) -> Dataset:
         if split != "train":

@@ -162,11 +162,12 @@ class ClipVQStage(Stage):
         return TokenTransformer(self.transformer_config())
 
     def build_dataset(self, split: str):
-        from unclip.data import open_dataset
+        from unclip.data import open_dataset, open_eval_split
 
         cfg = self.config
         split = cfg.data.val_split if split == "val" else split
-        dataset = open_dataset(cfg.data.path, split=split, image_size=self.vq.config.image_size)
+        opener = open_dataset if split == "train" else open_eval_split  # a plain folder has no val split
+        dataset = opener(cfg.data.path, split=split, image_size=self.vq.config.image_size)
         if not cfg.data.precompute:
             return dataset
         return _EncodedSplit(self._encode_all(dataset))
