@@ -2,7 +2,7 @@
 
     python scripts/ship_model.py runs/pipeline-shapes shapes [--card docs/models/shapes.md]
 
-Every ``model.safetensors`` keeps its metadata (class and config) and has its
+Every ``model.safetensors`` (and a latent decoder's ``autoencoder.safetensors``) keeps its metadata (class and config) and has its
 floating tensors stored as fp16 (loading casts them back to fp32); small files
 such as statistics, tokenizers and JSON are copied as they are. The copy is
 built in a temporary folder and renamed into place, so a failure leaves the
@@ -21,6 +21,7 @@ import torch
 from unclip.checkpoint import load_tensors, read_metadata, replace_dir, save_tensors
 from unclip.pipelines import load_pipeline
 from unclip.pipelines.registry import models_root
+from unclip.train.stages.decoder import AUTOENCODER_FILE
 
 
 def ship(source: Path, name: str, card: Path | None) -> Path:
@@ -34,9 +35,10 @@ def ship(source: Path, name: str, card: Path | None) -> Path:
                 continue
             out = tmp / path.relative_to(source)
             out.parent.mkdir(parents=True, exist_ok=True)
-            if path.name == "model.safetensors":
+            metadata = read_metadata(path) if path.suffix == ".safetensors" else {}
+            if path.name == "model.safetensors" or path.name == AUTOENCODER_FILE:   # models, not statistics
                 tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_tensors(path).items()}
-                save_tensors(out, tensors, read_metadata(path))
+                save_tensors(out, tensors, metadata)
             else:
                 shutil.copyfile(path, out)
         if card is not None:

@@ -202,3 +202,39 @@ def test_cached_conditions_give_the_same_loss(tiny_data, autoencoder_run):
     assert torch.allclose(losses[0], losses[1], rtol=1e-3, atol=1e-5)   # tokens are cached in fp16
     cond, target = cached._cache.batch([5, 0, 3], "cpu")
     assert target.shape == (3, 2, 8, 8) and cond["text_tokens"].shape[0] == 3 and cond["text_mask"].dtype == torch.bool
+
+
+def test_init_starts_from_the_weights_and_checks_shapes(tmp_path, autoencoder_run, tiny_data, capsys):
+    """--init: step 0 holds the loaded weights (lr ~0 keeps them); a decoder-only fine-tune keeps the encoder."""
+    from unclip.checkpoint import load_tensors
+    from unclip.cli import main
+    from unclip.train.engine import run_training
+    from unclip.train.init import find_weights
+
+    root, _ = tiny_data
+    source = load_tensors(find_weights(autoencoder_run, "autoencoder"))
+    cfg = {"data": {"path": str(root), "eval_split": "val", "eval_items": 4, "scale_items": 8},
+           "model": {"image_size": 16, "base_channels": 8, "channel_mult": [1, 2], "latent_channels": 2},
+           "loss": {"perceptual_weight": 0.0},
+           "train": dict(TRAIN, steps=1, lr=1e-12, checkpoint_every=1, init=str(autoencoder_run))}
+    run_training(AutoencoderStage(from_dict(AutoencoderStageConfig, cfg)), tmp_path / "same")
+    after = load_tensors(tmp_path / "same" / "final" / "model.safetensors")
+    assert all(torch.allclose(after[k], v, atol=1e-6) for k, v in source.items() if k != "latent_scale")
+    # the decoder-only fine-tune changes the decoder, never the encoder or latent_scale
+    ft = dict(cfg, train_encoder=False, train=dict(cfg["train"], steps=4, lr=3e-3))
+    run_training(AutoencoderStage(from_dict(AutoencoderStageConfig, ft)), tmp_path / "ft")
+    tuned = load_tensors(tmp_path / "ft" / "final" / "model.safetensors")
+    assert all(torch.equal(tuned[k], v) for k, v in source.items() if not k.startswith("decoder."))
+    assert any(not torch.equal(tuned[k], v) for k, v in source.items() if k.startswith("decoder."))
+    with pytest.raises(Exception, match="--init"):
+        from_dict(AutoencoderStageConfig, dict(ft, train=dict(TRAIN)))
+    # a model of another shape: one line before step 0, nothing written
+    bad = dict(cfg, model=dict(cfg["model"], base_channels=16))
+    from unclip.errors import UnclipError
+
+    with pytest.raises(UnclipError, match="do not fit"):
+        run_training(AutoencoderStage(from_dict(AutoencoderStageConfig, bad)), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    assert main(["train", "autoencoder", "--config", "configs/autoencoder/tiny.yaml", "--init", str(tmp_path / "no"),
+                 "--out", str(tmp_path / "cli")]) == 2
+    assert "no weights found" in capsys.readouterr().err

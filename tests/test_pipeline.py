@@ -259,3 +259,15 @@ def test_resolve_model_errors(tmp_path):
     (tmp_path / "pipeline.json").write_text("not json")
     with pytest.raises(UnclipError, match="unreadable"):
         load_pipeline(str(tmp_path))
+
+
+def test_upsample_false_stops_after_the_decoder():
+    from helpers.pipeline import tiny_pipeline
+
+    pipe = tiny_pipeline("full", upsampler=True)
+    full = pipe(["a red circle"], seed=0, progress=False, output_type="pt")
+    base = pipe(["a red circle"], seed=0, progress=False, output_type="pt", upsample=False)
+    assert full.images.shape[-1] == 32 and base.images.shape[-1] == 16
+    assert "upsampler" not in base.settings["stages"]
+    with pytest.raises(UnclipError, match="upsampler_steps"):
+        pipe(["a red circle"], progress=False, upsample=False, upsampler_steps=3)

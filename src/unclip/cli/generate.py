@@ -37,6 +37,9 @@ def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> N
                         help="decoder classifier-free guidance scale")
     parser.add_argument("--upsampler-steps", type=int_in_range(1, 1000), default=None,
                         help="upsampler sampling steps")
+    parser.add_argument("--base-only", dest="upsample", action="store_false",
+                        help="stop after the decoder: the base-resolution image, without the upsampler "
+                             "(e.g. 64 px instead of 256 px for the emoji model)")
     parser.add_argument("--sampler", default=None,
                         help="sampler for every stage: ddim, ddpm or dpm++2m for unCLIP; ancestral or purity for "
                              "CLIP-VQDiffusion (default: the model's)")
@@ -166,7 +169,10 @@ def _stage_kwargs(args, *, prior: bool = True) -> dict:
     names = ["decoder_steps", "decoder_guidance", "upsampler_steps", "sampler", "spacing", "precision"]
     if prior:
         names += ["prior_steps", "prior_guidance"]
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if getattr(args, "upsample", True) is False:
+        kwargs["upsample"] = False
+    return kwargs
 
 
 def _load(args):
@@ -191,7 +197,14 @@ def _kwargs_for(pipe, kwargs: dict) -> dict:
     if "upsampler_steps" in kwargs and "upsampler" not in stages:
         raise UnclipError(f"--upsampler-steps: this model ({getattr(pipe, 'name', None) or 'the pipeline'}) has no "
                           f"upsampler (stages: {', '.join(stages)}); drop the flag")
-    return {k: v for k, v in kwargs.items() if k in ("sampler", "spacing", "precision") or k.split("_")[0] in stages}
+    if kwargs.get("upsample") is False:
+        if "upsampler" not in stages:
+            raise UnclipError(f"--base-only: this model ({getattr(pipe, 'name', None) or 'the pipeline'}) has no "
+                              "upsampler, so it already stops after the decoder; drop the flag")
+        if "upsampler_steps" in kwargs:
+            raise UnclipError("--base-only skips the upsampler, so --upsampler-steps cannot apply; drop one of them")
+    return {k: v for k, v in kwargs.items()
+            if k in ("sampler", "spacing", "precision", "upsample") or k.split("_")[0] in stages}
 
 
 def _command() -> str:

@@ -43,6 +43,9 @@ def register(subparsers) -> None:
                         help="a folder of images without captions, for language-free training "
                              "(--set data.path=DIR --set data.image_only=true)")
     parser.add_argument("--out", metavar="RUNDIR", help="run directory for checkpoints, metrics and the final model")
+    parser.add_argument("--init", metavar="PATH",
+                        help="start from existing weights: a model file, component, run or pipeline directory, "
+                             "e.g. src/unclip/assets/models/emoji (shorthand for --set train.init=PATH)")
     parser.add_argument("--resume", metavar="RUNDIR", help="continue the run in RUNDIR from its latest checkpoint")
 
 
@@ -54,6 +57,13 @@ def _overrides(args) -> list[str]:
         overrides.append(f"data.path={json.dumps(args.data)}")
     if args.images:
         overrides += [f"data.path={json.dumps(args.images)}", "data.image_only=true"]
+    if getattr(args, "init", None):
+        if args.resume:
+            raise UnclipError("--init starts a new run from weights; a resumed run continues from its checkpoint")
+        from unclip.train.init import find_weights
+
+        find_weights(args.init, args.stage or "")  # a wrong path fails before the stage is built
+        overrides.append(f"train.init={json.dumps(args.init)}")
     return overrides
 
 

@@ -193,8 +193,10 @@ class UnCLIPPipeline:
     def resolve_settings(self, *, prior_steps=None, decoder_steps=None, upsampler_steps=None, prior_guidance=None,
                          decoder_guidance=None, sampler=None, prior_sampler=None, decoder_sampler=None,
                          upsampler_sampler=None, eta=0.0, precision=None, spacing=None, prior_spacing=None,
-                         decoder_spacing=None, upsampler_spacing=None) -> dict[str, dict]:
+                         decoder_spacing=None, upsampler_spacing=None, upsample: bool = True) -> dict[str, dict]:
         """Per-stage {steps, sampler, spacing, guidance_scale, eta, precision} from the arguments over the defaults.
+
+        ``upsample=False`` stops after the decoder (the base-resolution image): the upsampler is not run.
 
         ``spacing`` (every stage) or ``prior_spacing``/``decoder_spacing``/``upsampler_spacing`` is the timestep
         grid, one of ``unclip.diffusion.schedule.SPACINGS`` (default: each stage's own, else "trailing").
@@ -218,7 +220,9 @@ class UnCLIPPipeline:
                  "upsampler": (upsampler_steps, upsampler_sampler, None)}
         stage_spacing = {"prior": prior_spacing, "decoder": decoder_spacing, "upsampler": upsampler_spacing}
         settings = {}
-        for stage in self.stages:
+        if not upsample and upsampler_steps is not None:
+            raise UnclipError("upsample=False skips the upsampler, so upsampler_steps cannot apply; drop one of them")
+        for stage in (s for s in self.stages if upsample or s != "upsampler"):
             steps, stage_sampler, guidance = given[stage]
             values = dict(self.defaults[stage])
             values.update({k: v for k, v in (("steps", steps), ("sampler", stage_sampler or sampler),
@@ -353,7 +357,7 @@ class UnCLIPPipeline:
                 callback=_stage_callback("decoder", bars.get("decoder"), callback),
                 channels_last=fast_layout("decoder", s["precision"], self.device), clip_denoised=not self.decoder.latent)
             x = self.decoder.to_pixels(x)
-        if self.upsampler is not None:
+        if self.upsampler is not None and "upsampler" in settings:
             s = settings["upsampler"]
             with autocast(s["precision"], self.device):
                 x = sample_upsampler(self.upsampler.model, self.upsampler.diffusion, x,

@@ -28,6 +28,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0                   # 0: only at the end
     cpu: bool = False                     # train on CPU even when a GPU is present
+    init: str = ""                        # start from these weights (unclip.train.init); "" = from scratch
 
     def __post_init__(self):
         if self.steps < 1:

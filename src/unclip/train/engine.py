@@ -151,6 +151,10 @@ class _Run:
         stage.setup(device)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (rank 0's are broadcast too)
         self.model = stage.build_model().to(device).train()
+        if cfg.init:
+            from unclip.train.init import init_weights
+
+            init_weights(self.model, cfg.init, stage.name)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if _distributed(self.acc):
             for tensor in list(self.model.parameters()) + list(self.model.buffers()):

@@ -51,6 +51,14 @@ class AutoencoderStageConfig:
     model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     loss: AutoencoderLoss = field(default_factory=AutoencoderLoss)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # False: fine-tune the decoder only (start with --init from a trained autoencoder). The encoder, and so
+    # the latent space and latent_scale, stay exactly as they were: latent decoders trained on them still fit
+    # (as Stable Diffusion's ft-MSE VAE decoder was refined under a fixed encoder).
+    train_encoder: bool = True
+
+    def __post_init__(self):
+        if not self.train_encoder and not self.train.init:
+            raise ValueError("train_encoder: false fine-tunes a trained autoencoder's decoder; give --init PATH")
 
 
 class AutoencoderStage(ImageStage):
@@ -74,7 +82,10 @@ class AutoencoderStage(ImageStage):
             self._features = self.features.to(device)
 
     def build_model(self) -> torch.nn.Module:
-        return Autoencoder(self.config.model)
+        model = Autoencoder(self.config.model)
+        if not self.config.train_encoder:
+            model.encoder.requires_grad_(False)
+        return model
 
     def image_size(self) -> int:
         return self.config.model.image_size
@@ -122,8 +133,9 @@ class AutoencoderStage(ImageStage):
         return {"psnr": float(torch.cat(scores).mean())}
 
     def export(self, model, out_dir: Path) -> Path:
-        dataset = self.build_dataset("train")
-        model.latent_scale.fill_(1.0 / latent_std(model, dataset, self.config.data.scale_items))
+        if self.config.train_encoder:  # a frozen encoder keeps the latent_scale it was loaded with
+            dataset = self.build_dataset("train")
+            model.latent_scale.fill_(1.0 / latent_std(model, dataset, self.config.data.scale_items))
         path = Path(out_dir) / "model.safetensors"
         save_model(model, path)
         return path
