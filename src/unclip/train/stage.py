@@ -92,3 +92,30 @@ class ImageStage(Stage):
         from unclip.data import collate_samples
 
         return collate_samples(samples)
+
+
+class PerceptualImageStage(ImageStage):
+    """An ``ImageStage`` with a frozen EfficientNet-Lite0 perceptual term (the VQ tokenizer, the autoencoder).
+
+    ``config.loss`` needs ``perceptual_weight`` (0 disables it) and ``perceptual_resize``.
+    """
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self._features = None
+
+    @property
+    def features(self):
+        """The frozen feature network, loaded on first use (None when the perceptual weight is 0)."""
+        if self._features is None and self.config.loss.perceptual_weight > 0:
+            from unclip.models.perceptual import load_efficientnet_features
+
+            self._features = load_efficientnet_features("cpu", resize=self.config.loss.perceptual_resize)
+        return self._features
+
+    def setup(self, device: torch.device) -> None:
+        if self.features is not None:
+            self._features = self.features.to(device)
+
+    def image_size(self) -> int:
+        return self.config.model.image_size

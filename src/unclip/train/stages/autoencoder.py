@@ -20,7 +20,7 @@ from unclip.checkpoint import save_model
 from unclip.models.autoencoder import Autoencoder, AutoencoderConfig
 from unclip.models.vq import psnr
 from unclip.train.config import TrainConfig
-from unclip.train.stage import ImageStage
+from unclip.train.stage import PerceptualImageStage
 
 __all__ = ["AutoencoderData", "AutoencoderLoss", "AutoencoderStageConfig", "AutoencoderStage", "latent_std"]
 
@@ -61,34 +61,15 @@ class AutoencoderStageConfig:
             raise ValueError("train_encoder: false fine-tunes a trained autoencoder's decoder; give --init PATH")
 
 
-class AutoencoderStage(ImageStage):
+class AutoencoderStage(PerceptualImageStage):
     name = "autoencoder"
     config_class = AutoencoderStageConfig
-
-    def __init__(self, config: AutoencoderStageConfig):
-        super().__init__(config)
-        self._features = None
-
-    @property
-    def features(self):
-        if self._features is None and self.config.loss.perceptual_weight > 0:
-            from unclip.models.perceptual import load_efficientnet_features
-
-            self._features = load_efficientnet_features("cpu", resize=self.config.loss.perceptual_resize)
-        return self._features
-
-    def setup(self, device: torch.device) -> None:
-        if self.features is not None:
-            self._features = self.features.to(device)
 
     def build_model(self) -> torch.nn.Module:
         model = Autoencoder(self.config.model)
         if not self.config.train_encoder:
             model.encoder.requires_grad_(False)
         return model
-
-    def image_size(self) -> int:
-        return self.config.model.image_size
 
     def loss(self, model, batch, generator):
         from unclip.models.perceptual import perceptual_distance

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from unclip.models.vq import VQConfig, VQModel, codebook_usage, psnr
 from unclip.train.config import TrainConfig
-from unclip.train.stage import ImageStage
+from unclip.train.stage import PerceptualImageStage
 
 __all__ = ["VQData", "VQLoss", "VQStageConfig", "VQStage", "evaluate_tokenizer"]
 
@@ -51,31 +51,12 @@ class VQStageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-class VQStage(ImageStage):
+class VQStage(PerceptualImageStage):
     name = "vq"
     config_class = VQStageConfig
 
-    def __init__(self, config: VQStageConfig):
-        super().__init__(config)
-        self._features = None
-
-    @property
-    def features(self):
-        if self._features is None and self.config.loss.perceptual_weight > 0:
-            from unclip.models.perceptual import load_efficientnet_features
-
-            self._features = load_efficientnet_features("cpu", resize=self.config.loss.perceptual_resize)
-        return self._features
-
-    def setup(self, device: torch.device) -> None:
-        if self.features is not None:
-            self._features = self.features.to(device)
-
     def build_model(self) -> torch.nn.Module:
         return VQModel(self.config.model)
-
-    def image_size(self) -> int:
-        return self.config.model.image_size
 
     def loss(self, model, batch, generator):
         param = next(model.parameters())
