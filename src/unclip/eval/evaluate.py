@@ -29,7 +29,7 @@ from unclip.data import open_dataset
 from unclip.data.shapes import parse_caption
 from unclip.errors import DataError, UnclipError
 from unclip.eval import metrics
-from unclip.eval.clip_metrics import clip_score, r_precision
+from unclip.eval.clip_metrics import clip_score, r_precision, r_precision_pool
 
 __all__ = ["EvalConfig", "choose_prompts", "evaluate_pipeline", "image_features", "load_split", "real_by_caption",
            "split_captions"]
@@ -98,7 +98,7 @@ def image_features(images: torch.Tensor, extractor, size: int, batch_size: int =
 
 
 def _distribution_metrics(real: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    kid_mean, _ = metrics.kid(real, other, subsets=20, subset_size=min(100, len(real), len(other)))
+    kid_mean, _ = metrics.kid(real, other, subsets=20)  # subsets of 100, at most half the set (kid_subset_size)
     precision, recall = metrics.precision_recall(real, other, k=min(3, len(real) - 1))
     density, coverage = metrics.density_coverage(real, other, k=min(5, len(real) - 1))
     return {"fid": metrics.fid(real, other), "kid": kid_mean, "precision": precision, "recall": recall,
@@ -152,6 +152,7 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
                               "images_per_prompt": config.images_per_prompt, "seed": config.seed,
                               "split": config.split, "settings": dict(config.settings)}
     result.update(_distribution_metrics(real_feats, fake_feats))
+    result["kid_subset_size"] = metrics.kid_subset_size(len(real_feats), len(fake_feats))
     if baseline is not None and len(baseline) >= 3:
         base_feats = image_features(baseline, extractor, size)
         result.update({f"baseline_{k}": v for k, v in _distribution_metrics(real_feats, base_feats).items()})
@@ -175,7 +176,9 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
         if real_prompts:
             real_images = torch.stack([image for group in by_caption.values() for image in group])
             real_scores = _clip_metrics(eval_encoder, real_images, real_prompts, captions, config.seed)
-            result.update({f"real_{k}": v for k, v in real_scores.items()})
+            result.update({f"real_{k}": v for k, v in real_scores.items() if k != "r_precision_pool"})
+        if result["r_precision_pool"] < 100:
+            log(f"R-precision ranks among {result['r_precision_pool']} captions: the split has fewer than 100")
     shapes = _shapes_accuracy(fake, fake_prompts)
     if shapes:
         result.update(shapes)
@@ -192,7 +195,8 @@ def _clip_metrics(encoder, images: torch.Tensor, prompts: list[str], pool: list[
     index = {c: i for i, c in enumerate(pool)}
     text_embeds = pool_embeds[[index[p] for p in prompts]]
     return {"clip_score": clip_score(image_embeds, text_embeds),
-            "r_precision": r_precision(image_embeds, prompts, pool, pool_embeds, pool=100, seed=seed)}
+            "r_precision": r_precision(image_embeds, prompts, pool, pool_embeds, pool=100, seed=seed),
+            "r_precision_pool": r_precision_pool(pool, 100)}
 
 
 def _shapes_accuracy(images: torch.Tensor, prompts: list[str]) -> dict[str, float] | None:

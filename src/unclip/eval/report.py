@@ -17,6 +17,7 @@ __all__ = ["write_report", "plot_sweep", "sample_grid", "to_html", "fmt", "METRI
 METRIC_LABELS = (
     ("fid", "FID ↓", "baseline_fid"),
     ("kid", "KID ↓", "baseline_kid"),
+    ("kid_subset_size", "KID subset size (100, or half the sample)", None),
     ("precision", "precision ↑", "baseline_precision"),
     ("recall", "recall ↑", "baseline_recall"),
     ("density", "density ↑", "baseline_density"),
@@ -25,7 +26,8 @@ METRIC_LABELS = (
     ("real_diversity", "diversity of real images sharing a caption", None),
     ("decoder_diversity", "decoder-only diversity (variations of one real image)", None),
     ("clip_score", "CLIP score (eval CLIP) ↑", "real_clip_score"),
-    ("r_precision", "R-precision @100 (eval CLIP) ↑", "real_r_precision"),
+    ("r_precision", "R-precision (eval CLIP; pool below) ↑", "real_r_precision"),
+    ("r_precision_pool", "R-precision pool (captions ranked per image: 100, or the split's all)", None),
     ("shapes_exact", "shapes exact match ↑", None),
     ("shapes_color_acc", "shapes colour ↑", None),
     ("shapes_shape_acc", "shapes shape ↑", None),
