@@ -27,6 +27,9 @@ def test_eval_writes_report_with_baseline_and_shapes_accuracy(tiny_setup, capsys
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())["results"][0]
     assert metrics["n_generated"] == 8 and metrics["n_prompts"] == 4
+    # the real reference is drawn per prompt: as many real images as generated ones, of the same captions
+    assert metrics["reference"] == "per prompt" and metrics["n_real"] == 8 and 4 <= metrics["n_real_distinct"] <= 8
+    assert metrics["baseline_split"] == "test" and 0.0 <= metrics["baseline_same_caption"] <= 1.0
     for key in ("fid", "kid", "baseline_fid", "precision", "coverage", "diversity", "shapes_exact"):
         assert key in metrics, key
     # an untrained decoder draws noise: far from real shapes, unlike a second real sample

@@ -113,9 +113,11 @@ def write_report(out_dir: Path, *, model: str, data: str, command: str, results:
     else:
         result = results[0]
         lines += [f"{result['n_generated']} generated images from {result['n_prompts']} prompts, "
-                  f"against {result['n_real']} real images; the real-vs-real column compares "
-                  "a second real sample of the same size (for CLIP score and R-precision: the real images "
-                  "of the same prompts, the most the eval CLIP can give).", "",
+                  f"against {result['n_real']} real images drawn per prompt (the same captions, "
+                  f"{result.get('n_real_distinct', '?')} distinct); the real-vs-real column compares a second "
+                  "real sample drawn the same way (the prompts' other images, else a caption that is not a prompt; "
+                  "for CLIP score and R-precision: the real images of the same prompts, the most the eval CLIP "
+                  "can give).", "",
                   "| metric | generated | real vs real |", "|---|---|---|"]
         lines += [f"| {label} | {value} | {base} |" for label, value, base in _rows(result)]
         lines.append("")
