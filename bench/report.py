@@ -360,8 +360,8 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         "## All results",
         "",
         "Parameters: P = prior, D = decoder (diffusers: UNet + text projection), U = upsampler (diffusers has two",
-        "super-resolution UNets, *first* and *last*, each matched to the others' one; it runs one of them per
-step, *last* only on the final step). GFLOP are counted by",
+        "super-resolution UNets, *first* and *last*, each matched to the others' one; it runs one of them per",
+        "step, *last* only on the final step). GFLOP are counted by",
         "`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention; not norms or",
         "element-wise ops), so utilisation is a lower bound.",
         "",
