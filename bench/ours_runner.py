@@ -34,7 +34,7 @@ import harness  # noqa: E402
 from unclip.diffusion.gaussian import GaussianDiffusion  # noqa: E402
 from unclip.diffusion.schedule import DiffusionConfig  # noqa: E402
 from unclip.encoders.base import TextEncoding  # noqa: E402
-from unclip.models.prior import DiffusionPrior, PriorConfig, sample_prior  # noqa: E402
+from unclip.models.prior import DiffusionPrior, PriorConfig  # noqa: E402
 from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks  # noqa: E402
 from unclip.pipelines.prior_adapter import PriorComponent  # noqa: E402
 from unclip.pipelines.unclip import Component, UnCLIPPipeline  # noqa: E402
@@ -90,15 +90,14 @@ class PrecomputedText(nn.Module):
         return TextEncoding(embed=self.embed[:n], tokens=self.tokens[:n], mask=mask)
 
 
-class OneCandidatePrior(PriorComponent):
-    """The pipeline's prior component, drawing one candidate per caption (the peers draw one)."""
+def one_candidate_prior(prior: DiffusionPrior) -> PriorComponent:
+    """The pipeline's own prior component, told to draw one candidate per caption (the peers draw one).
 
-    @torch.no_grad()
-    def sample(self, text, negative=None, *, noise, steps, sampler, guidance_scale, eta=0.0, generator=None,
-               callback=None):
-        return sample_prior(self.model, text, negative_text=negative, noise=noise, num_candidates=1, steps=steps,
-                            sampler=sampler, guidance_scale=guidance_scale, eta=eta, generator=generator,
-                            callback=callback)
+    ``component.json``'s ``sample.num_candidates`` is the setting a shipped prior carries, so the
+    benchmark samples through the same code as ``unclip generate`` (a subclass that re-declared
+    ``sample()`` broke when the pipeline started passing ``spacing``).
+    """
+    return PriorComponent(prior, {"role": "prior", "sample": {"num_candidates": 1}})
 
 
 def text_inputs(spec: dict, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +112,7 @@ def build_sample(spec: dict) -> harness.Built:
     pipe = UnCLIPPipeline(
         PrecomputedText(*text_inputs(spec, spec["images"])),
         Component(decoder, {"role": "decoder", "diffusion": DECODER_DIFFUSION, "image_size": spec["image_size"]}),
-        prior=OneCandidatePrior(prior),
+        prior=one_candidate_prior(prior),
         upsampler=Component(upsampler, {"role": "upsampler", "diffusion": UPSAMPLER_DIFFUSION,
                                         "low_res_size": spec["image_size"], "image_size": spec["sr_size"]}),
     )

@@ -12,8 +12,24 @@ STAGES = ("prior", "decoder", "upsampler")
 TARGETS = {"end_to_end": 2.0, "decoder_train_vs_dalle2": 1.5, "decoder_train_bf16_util": 0.40}
 
 
+# the instruction-set flags that decide which kernels run (AVX512-BF16 / AMX: native bf16)
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> dict:
+    """{flag: present} for CPU_FLAGS, from /proc/cpuinfo ({} where there is none, e.g. not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    flags = set(next((line for line in text.splitlines() if line.startswith("flags")), "").split())
+    return {flag: flag in flags for flag in CPU_FLAGS}
+
+
 def hardware() -> dict:
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()}
+    """The host, for every summary JSON: CPU model, cores, CPU flags, memory, Python, unclip commit."""
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "cpu_flags": cpu_flags()}
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
             key, _, value = line.partition(":")
@@ -80,6 +96,13 @@ def _fmt_params(params: dict, notes: dict) -> str:
     return ", ".join(parts)
 
 
+def _flags(hw: dict) -> str:
+    flags = hw.get("cpu_flags")
+    if not flags:
+        return "not recorded"
+    return ", ".join(name for name, present in flags.items() if present) or "none of " + ", ".join(flags)
+
+
 def _row(summary: dict, workload: str, system: str) -> dict | None:
     return summary["rows"].get(f"{workload}|{system}")
 
@@ -96,6 +119,15 @@ def _cpu_ratio(summary: dict, workload: str, ours: str, peer: str) -> str:
 
 def _x(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
+
+
+def _pct(value: float | None) -> str:
+    """A utilisation as a percentage; "–" where its peak was not measured (bf16 not native)."""
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _gflops(value: float | None) -> str:
+    return "–" if value is None else f"{value / 1e9:.1f}"
 
 
 def console(summary: dict) -> str:
@@ -115,6 +147,17 @@ def console(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _precision(system: str) -> str:
+    return "bf16" if system.endswith("-bf16") else "fp32"
+
+
+def _unlike(summary: dict, ours: str, peer: str) -> str:
+    """A warning where a ratio compares two precisions (our bf16 with a peer's fp32)."""
+    if _precision(ours) == _precision(peer):
+        return ""
+    return f" (ours {_precision(ours)}, {peer} {_precision(peer)}: not like for like)"
+
+
 def _targets(summary: dict) -> list[str]:
     lines = ["| target | measured (median ratio or utilisation) | met |", "|---|---|---|"]
 
@@ -126,7 +169,8 @@ def _targets(summary: dict) -> list[str]:
             for peer in ("diffusers", "dalle2"):
                 value = _ratio(summary, workload, ours, peer)
                 if value is not None:
-                    lines.append(f"| end-to-end {workload}: {ours} ≥ 2× faster than {peer} | {value:.2f}×"
+                    lines.append(f"| end-to-end {workload}: {ours} ≥ 2× faster than {peer}{_unlike(summary, ours, peer)} "
+                                 f"| {value:.2f}×"
                                  f"{_cpu_ratio(summary, workload, ours, peer)} | "
                                  f"{verdict(value, TARGETS['end_to_end'])} |")
     trains = [w for w in summary["workloads"] if _base(w) == "decoder_train"]
@@ -134,18 +178,22 @@ def _targets(summary: dict) -> list[str]:
         for ours in ("unclip", "unclip-bf16"):
             value = _ratio(summary, workload, ours, "dalle2")
             if value is not None:
-                lines.append(f"| {workload} step: {ours} ≥ 1.5× faster than dalle2 | {value:.2f}×"
+                lines.append(f"| {workload} step: {ours} ≥ 1.5× faster than dalle2{_unlike(summary, ours, 'dalle2')} "
+                             f"| {value:.2f}×"
                              f"{_cpu_ratio(summary, workload, ours, 'dalle2')} | "
                              f"{verdict(value, TARGETS['decoder_train_vs_dalle2'])} |")
     for workload, ours in ((w, o) for w in trains for o in ("unclip-bf16", "unclip")):
         row = _row(summary, workload, ours)
-        if row and "error" not in row:
-            best = max(row["util_bf16"], row.get("util_cpu_bf16", 0.0))
-            per_cpu = (f"; per CPU second: {100 * row['util_cpu_bf16']:.1f}% of bf16, "
-                       f"{100 * row['util_cpu_fp32']:.1f}% of fp32" if "util_cpu_bf16" in row else "")
-            lines.append(f"| {workload}: {ours} ≥ 40% of the bf16 matmul peak | wall: {100 * row['util_bf16']:.1f}% "
-                         f"of bf16, {100 * row['util_fp32']:.1f}% of fp32{per_cpu} | "
+        if row and "error" not in row and row.get("util_bf16") is not None:
+            best = max(row["util_bf16"], row.get("util_cpu_bf16") or 0.0)
+            per_cpu = (f"; per CPU second: {_pct(row['util_cpu_bf16'])}% of bf16, "
+                       f"{_pct(row['util_cpu_fp32'])}% of fp32" if "util_cpu_bf16" in row else "")
+            lines.append(f"| {workload}: {ours} ≥ 40% of the bf16 matmul peak | wall: {_pct(row['util_bf16'])}% "
+                         f"of bf16, {_pct(row['util_fp32'])}% of fp32{per_cpu} | "
                          f"{verdict(best, TARGETS['decoder_train_bf16_util'])} |")
+        elif row and "error" not in row:
+            lines.append(f"| {workload}: {ours} ≥ 40% of the bf16 matmul peak | not measured: bf16 is not native "
+                         "on this host | – |")
     if len(lines) == 2:
         lines.append("| (no targeted workload in this run) | | |")
     return lines
@@ -168,14 +216,14 @@ def _results_table(summary: dict) -> list[str]:
                 runs += f" (CPU {row['cpu_seconds']:.1f})"
             lines.append(f"| {workload} | {system} | {_fmt_params(row['params'], row['notes'])} | {row['seconds']:.2f} | "
                          f"{runs} | {row['flops'] / 1e9:.1f} | {row['gflops_per_s']:.1f} | {100 * row['util_fp32']:.1f} | "
-                         f"{100 * row['util_bf16']:.1f} | {_cpu_util(row)} | {row['max_rss_mib']:.0f} |")
+                         f"{_pct(row['util_bf16'])} | {_cpu_util(row)} | {row['max_rss_mib']:.0f} |")
     return lines
 
 
 def _cpu_util(row: dict) -> str:
     if "util_cpu_fp32" not in row:
         return "–"
-    return f"{100 * row['util_cpu_fp32']:.1f} / {100 * row['util_cpu_bf16']:.1f}"
+    return f"{_pct(row['util_cpu_fp32'])} / {_pct(row.get('util_cpu_bf16'))}"
 
 
 def _ratio_table(summary: dict) -> list[str]:
@@ -271,7 +319,7 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         summary["command"],
         "```",
         "",
-        f"Raw results (per-run JSON and logs): `{summary['results_dir']}/` (git-ignored).",
+        f"Raw results: `{summary['results_dir']}/` (`summary.json` and `runs.json` are committed; logs are not).",
         "",
         "## Machine and versions",
         "",
@@ -280,11 +328,13 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         f"{hw.get('memory_gib', '?')} GiB memory; {summary['threads']} torch threads per run.",
         f"- Measured matmul peak ({summary.get('peak_size', 2048)}² matrices, best of 10, max of before/after the "
         f"runs, on the same machine): fp32 **{peak['fp32'] / 1e9:.1f} GFLOP/s**, bf16 "
-        f"**{peak['bf16'] / 1e9:.1f} GFLOP/s** (each measurement: "
-        + "; ".join(f"{p['fp32'] / 1e9:.0f} / {p['bf16'] / 1e9:.0f}" for p in summary.get("peaks", [])) + ")"
+        f"**{_gflops(peak.get('bf16'))} GFLOP/s** (each measurement: "
+        + "; ".join(f"{p['fp32'] / 1e9:.0f} / {_gflops(p.get('bf16'))}" for p in summary.get("peaks", [])) + ")"
         + (f"; per CPU-second of all threads (robust to time-slicing by other processes): fp32 "
-           f"**{peak['fp32_cpu'] / 1e9:.1f}**, bf16 **{peak['bf16_cpu'] / 1e9:.1f} GFLOP/s**." if "fp32_cpu" in peak
+           f"**{peak['fp32_cpu'] / 1e9:.1f}**, bf16 **{_gflops(peak.get('bf16_cpu'))} GFLOP/s**." if "fp32_cpu" in peak
            else "."),
+        f"- CPU flags: {_flags(hw)}.",
+        *(f"- {system}: {why}." for system, why in summary.get("skipped", {}).items()),
         f"- unclip {ours_versions.get('unclip', '?')} (commit {hw.get('unclip_commit', '?')}), torch "
         f"{ours_versions.get('torch', '?')}, Python {hw.get('python')}.",
         f"- Peers (bench/.venv-peers): diffusers {pv.get('diffusers', '?')}, transformers {pv.get('transformers', '?')}, "
@@ -298,6 +348,9 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         "",
         "## Speed-up of unclip (median of the per-repetition ratios; > 1 means unclip is faster)",
         "",
+        "Rows `unclip-bf16` compare our bf16 with the peers' fp32 (the peers have not been run in bf16): only",
+        "the `unclip` rows are like for like.",
+        "",
         *_ratio_table(summary),
         "",
         "## Targets",
@@ -307,7 +360,8 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         "## All results",
         "",
         "Parameters: P = prior, D = decoder (diffusers: UNet + text projection), U = upsampler (diffusers has two",
-        "super-resolution UNets, *first* and *last*, each matched to the others' one). GFLOP are counted by",
+        "super-resolution UNets, *first* and *last*, each matched to the others' one; it runs one of them per",
+        "step, *last* only on the final step). GFLOP are counted by",
         "`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention; not norms or",
         "element-wise ops), so utilisation is a lower bound.",
         "",

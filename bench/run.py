@@ -10,8 +10,11 @@ with our .venv's python for unclip and bench/.venv-peers' python for the peers. 
 alternate the systems (A/B/C, C/B/A, ...) so that load from other processes on a shared machine
 hits all of them alike; the report gives the median time and the median of the per-repetition
 ratios. A matmul peak (fp32 and bf16) measured in the same run gives the utilisation.
-Raw results go to bench/results/<stamp>/ (JSON + one log per subprocess); the Markdown table to
-docs/performance.md (``--doc``).
+Where bf16 is not native (no AVX512-BF16 or AMX; ``unclip.precision.native_bf16``), the bf16 rows
+and the bf16 peak are skipped, and the summary says why: emulated bf16 is slower than fp32 and its
+peak measurement stalls for minutes. Raw results go to bench/results/<stamp>/ (``summary.json`` and
+``runs.json``, committable, with the host's CPU flags; one log per subprocess, git-ignored); the
+Markdown table to docs/performance.md (``--doc``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
+from unclip.precision import native_bf16  # noqa: E402  (the one home of "is bf16 native here")
 
 OURS_PYTHON = Path(sys.executable)
 PEERS_PYTHON = HERE / ".venv-peers" / "bin" / "python"
@@ -42,6 +46,7 @@ SYSTEMS = {
     "dalle2": (PEERS_PYTHON, HERE / "peers" / "dalle2_runner.py", {}),
 }
 OURS = ("unclip", "unclip-bf16")
+BF16_SYSTEMS = ("unclip-bf16",)
 PEERS = ("diffusers", "dalle2")
 COMMON = dict(embed_dim=256, text_len=77, text_dim=256, timesteps=1000, images=4, batch=16, seed=0,
               prior_guidance=4.0, decoder_guidance=8.0)
@@ -63,7 +68,8 @@ QUICK = {  # same models and resolutions, fewer steps; the decoder step on the 3
 PEAK_CODE = r"""
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[1])); n = int(sys.argv[2]); out = {}
-for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+dtypes = (("fp32", torch.float32), ("bf16", torch.bfloat16))[:2 if sys.argv[4] == "bf16" else 1]
+for name, dtype in dtypes:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = best_cpu = 0.0
@@ -156,9 +162,23 @@ def run_one(system: str, spec: dict, log: Path, timeout: float) -> dict:
     return {"error": f"exit {proc.returncode}, no result (see {log})"}
 
 
-def measure_peak(threads: int, size: int, repeats: int = 10) -> dict:
-    out = subprocess.run([str(OURS_PYTHON), "-c", PEAK_CODE, str(threads), str(size), str(repeats)],
-                         capture_output=True, text=True, env=env_for_run(threads), check=True).stdout
+def bf16_skip_reason() -> str | None:
+    """Why bf16 rows are not run on this host, or None where bf16 is native."""
+    if native_bf16("cpu"):
+        return None
+    return ("skipped: bf16 is not native on this CPU (no avx512_bf16 or amx_bf16 flag); emulated bf16 is "
+            "slower than fp32 and its matmul peak stalls for minutes")
+
+
+def skipped_systems(systems: list[str], reason: str | None) -> dict:
+    """{system: reason} for the bf16 systems that this host cannot run natively."""
+    return {} if reason is None else {s: reason for s in systems if s in BF16_SYSTEMS}
+
+
+def measure_peak(threads: int, size: int, repeats: int = 10, *, bf16: bool = True) -> dict:
+    """Best matmul FLOP/s (wall and per CPU-second): fp32, and bf16 when ``bf16``."""
+    cmd = [str(OURS_PYTHON), "-c", PEAK_CODE, str(threads), str(size), str(repeats), "bf16" if bf16 else "fp32"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env_for_run(threads), check=True).stdout
     return json.loads(out.split("PEAK ", 1)[1])
 
 
@@ -176,14 +196,18 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"results in {out_dir}", flush=True)
-    peaks = [measure_peak(args.threads, args.peak_size)]
-    print(f"matmul peak: fp32 {peaks[0]['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks[0]['bf16'] / 1e9:.1f} GFLOP/s",
-          flush=True)
+    reason = bf16_skip_reason()
+    args.skipped = skipped_systems(args.system_list, reason)
+    for system, why in args.skipped.items():
+        print(f"{system}: {why}", flush=True)
+    peaks = [measure_peak(args.threads, args.peak_size, bf16=reason is None)]
+    print(f"matmul peak: fp32 {peaks[0]['fp32'] / 1e9:.1f} GFLOP/s"
+          + (f", bf16 {peaks[0]['bf16'] / 1e9:.1f} GFLOP/s" if "bf16" in peaks[0] else ""), flush=True)
     runs = []  # one entry per subprocess
     for rep in range(args.reps):
         for workload in args.workloads:
             order = args.system_list if rep % 2 == 0 else list(reversed(args.system_list))
-            for system in order:
+            for system in (s for s in order if s not in args.skipped):
                 spec = make_spec(workload, system, args)
                 log = out_dir / f"{workload}-{system}-{rep}.log"
                 result = run_one(system, spec, log, args.timeout)
@@ -192,10 +216,10 @@ def main(argv=None) -> int:
                 shown = f"{result['seconds']:.2f} s" if "seconds" in result else result["error"]
                 print(f"rep {rep} {workload:14s} {system:12s} {shown}", flush=True)
                 (out_dir / "runs.json").write_text(json.dumps(runs, indent=1))
-    peaks.append(measure_peak(args.threads, args.peak_size))
+    peaks.append(measure_peak(args.threads, args.peak_size, bf16=reason is None))
     peak = {k: max(p[k] for p in peaks) for k in peaks[0]}
     summary = summarise(runs, args, peak)
-    summary.update(command=command, stamp=stamp, peaks=peaks, peak=peak, results_dir=str(out_dir.relative_to(ROOT)))
+    summary.update(command=command, stamp=stamp, peaks=peaks, peak=peak, results_dir=_shown(out_dir))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(report.console(summary), flush=True)
     if str(args.doc) != "-":
@@ -215,17 +239,25 @@ def summarise_runs_file(args) -> int:
     out_dir = args.from_runs.resolve().parent
     previous = out_dir / "summary.json"
     old = json.loads(previous.read_text()) if previous.exists() else {}
+    reason = bf16_skip_reason()
+    args.skipped = skipped_systems(args.system_list, reason)
     peaks = old.get("peaks", [])
-    peaks.append(measure_peak(args.threads, args.peak_size))  # also the per-CPU-second peak
+    peaks.append(measure_peak(args.threads, args.peak_size, bf16=reason is None))  # also the per-CPU-second peak
     peak = {k: max(p.get(k, 0.0) for p in peaks) for k in peaks[-1]}
     summary = summarise(runs, args, peak)
     summary.update(command=old.get("command", f"python bench/run.py  # summarised with --from-runs {args.from_runs}"),
-                   stamp=out_dir.name, peaks=peaks, peak=peak, results_dir=str(out_dir.relative_to(ROOT)))
+                   stamp=out_dir.name, peaks=peaks, peak=peak, results_dir=_shown(out_dir))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print(report.console(summary), flush=True)
     if str(args.doc) != "-":
         args.doc.write_text(report.markdown(summary, analysis=HERE / "analysis.md"))
     return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (--results may point elsewhere)."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def summarise(runs: list[dict], args, peak: dict) -> dict:
@@ -235,8 +267,9 @@ def summarise(runs: list[dict], args, peak: dict) -> dict:
         for system in args.system_list:
             mine = [r for r in runs if r["workload"] == workload and r["system"] == system and "seconds" in r]
             errors = [r["error"] for r in runs if r["workload"] == workload and r["system"] == system and "error" in r]
+            skipped = getattr(args, "skipped", {}).get(system)
             if not mine:
-                rows[(workload, system)] = {"error": errors[0] if errors else "not run"}
+                rows[(workload, system)] = {"error": skipped or (errors[0] if errors else "not run")}
                 continue
             seconds = statistics.median(r["seconds"] for r in mine)
             flops = mine[0]["flops_total"]
@@ -245,14 +278,16 @@ def summarise(runs: list[dict], args, peak: dict) -> dict:
                 "flops_per_step": mine[0]["flops_per_step"], "params": mine[0]["params"], "notes": mine[0]["notes"],
                 "max_rss_mib": max(r["max_rss_mib"] for r in mine), "versions": mine[0]["versions"],
                 "gflops_per_s": flops / seconds / 1e9, "util_fp32": flops / seconds / peak["fp32"],
-                "util_bf16": flops / seconds / peak["bf16"], "spec": mine[0]["spec"], "errors": errors,
+                "util_bf16": flops / seconds / peak["bf16"] if "bf16" in peak else None,
+                "spec": mine[0]["spec"], "errors": errors,
             }
             if all("cpu_seconds" in r for r in mine):
                 cpu = statistics.median(r["cpu_seconds"] for r in mine)
                 rows[(workload, system)]["cpu_seconds"] = cpu
                 if "fp32_cpu" in peak:  # utilisation per CPU second: what time-slicing cannot dilute
-                    rows[(workload, system)].update(util_cpu_fp32=flops / cpu / peak["fp32_cpu"],
-                                                    util_cpu_bf16=flops / cpu / peak["bf16_cpu"])
+                    rows[(workload, system)].update(
+                        util_cpu_fp32=flops / cpu / peak["fp32_cpu"],
+                        util_cpu_bf16=flops / cpu / peak["bf16_cpu"] if "bf16_cpu" in peak else None)
     ratios = {}
     for workload in args.workloads:
         for ours in (s for s in args.system_list if s in OURS):
@@ -273,6 +308,7 @@ def summarise(runs: list[dict], args, peak: dict) -> dict:
             "ratios": {f"{w}|{o}|{p}": v for (w, o, p), v in ratios.items()},
             "workloads": args.workloads, "systems": args.system_list, "reps": args.reps, "quick": args.quick,
             "threads": args.threads, "peak_size": args.peak_size, "hardware": report.hardware(),
+            "native_bf16": native_bf16("cpu"), "skipped": dict(getattr(args, "skipped", {})),
             "peers_versions": peer_versions()}
 
 

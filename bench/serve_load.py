@@ -69,11 +69,19 @@ def main(argv=None) -> int:
         log.close()
     report.update({"model": args.model, "clients": args.clients, "requests": args.requests,
                    "num_images": args.num_images, "steps": args.steps, "max_queue": args.max_queue,
-                   "cpu_count": os.cpu_count()})
+                   "cpu_count": os.cpu_count(), "hardware": _hardware()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 1 if report["errors"] or report["mixed_results"] else 0
+
+
+def _hardware() -> dict:
+    """The host (CPU model, flags, memory) as every benchmark summary records it (bench/report.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import report
+
+    return report.hardware()
 
 
 def build_tiny(directory: Path) -> Path:

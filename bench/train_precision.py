@@ -196,8 +196,11 @@ def main() -> None:
                "fp32_rss_mb": rss["no"]["peak_rss_mb"], "bf16_rss_mb": rss["bf16"]["peak_rss_mb"], "times": times}
         rows.append(row)
         print(f"  {name}: fp32 {row['fp32_ms']:.1f} ms, bf16 {row['bf16_ms']:.1f} ms", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.json:  # with the host: CPU model and flags (AVX512-BF16 / AMX decide what bf16 costs)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import report
+
+        Path(args.json).write_text(json.dumps({"hardware": report.hardware(), "rows": rows}, indent=2))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} paired steps; "
           "medians; speedup = median of per-pair fp32/bf16; peak RSS of an engine run in a fresh process")
     print(f"{'model':20s} {'params':>9s} {'batch':>5s} {'fp32 ms':>8s} {'bf16 ms':>8s} {'speedup':>8s} "

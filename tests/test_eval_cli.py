@@ -27,6 +27,9 @@ def test_eval_writes_report_with_baseline_and_shapes_accuracy(tiny_setup, capsys
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())["results"][0]
     assert metrics["n_generated"] == 8 and metrics["n_prompts"] == 4
+    # the real reference is drawn per prompt: as many real images as generated ones, of the same captions
+    assert metrics["reference"] == "per prompt" and metrics["n_real"] == 8 and 4 <= metrics["n_real_distinct"] <= 8
+    assert metrics["baseline_split"] == "test" and 0.0 <= metrics["baseline_same_caption"] <= 1.0
     for key in ("fid", "kid", "baseline_fid", "precision", "coverage", "diversity", "shapes_exact"):
         assert key in metrics, key
     # an untrained decoder draws noise: far from real shapes, unlike a second real sample
@@ -65,6 +68,17 @@ def test_eval_clip_scores_beside_the_real_images_of_the_same_prompts(tiny_setup)
     with torch.no_grad():
         expected = clip_score(encoder.encode_image(images), encoder.encode_text(prompts).embed)
     assert abs(metrics["real_clip_score"] - expected) < 1e-3
+    # R-precision of the same real images by hand: the split has fewer than 100 captions, so each image is
+    # ranked among all of them, and the report says how many
+    from unclip.eval.clip_metrics import r_precision
+
+    pool = sorted(set(split_captions(tiny_setup / "shapes", "test")))
+    assert len(pool) < 100 and metrics["r_precision_pool"] == len(pool)
+    with torch.no_grad():
+        expected = r_precision(encoder.encode_image(images), prompts, pool, encoder.encode_text(pool).embed,
+                               pool=100, seed=metrics["seed"])
+    assert metrics["real_r_precision"] == pytest.approx(expected)
+    assert "R-precision pool" in (out / "report.md").read_text()
     assert "the real images of the same prompts" in (out / "report.md").read_text()
 
 

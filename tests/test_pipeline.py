@@ -63,23 +63,44 @@ def test_text_to_image_shapes_and_output_types(glide):
                                                               torch.from_numpy(array[0]), atol=1e-6)
 
 
+# Batched and single runs of one seed differ by float rounding, which depends on the batch size, the
+# thread count and the CPU, and which these random tiny nets (saturated at ±1) amplify chaotically.
+# Worst mean |difference| of image i alone vs batched, tiny pipelines, ddim and dpm++2m
+# (`PYTHONPATH=src:tests python scripts/batch_spread.py --threads N`): 0 with one thread and 0.018 with
+# two on an AVX512 host; 0.0014 with one thread on another 2-core host (issue 23); two different seeds
+# are >= 0.88 apart. So the test asks for the same image up to rounding: mean |difference| < ROUNDING
+# (5x the worst measured), and nearer to its batched self than to another seed's image by 5x.
+ROUNDING = 0.1
+
+
+def assert_same_up_to_rounding(alone: torch.Tensor, batch: torch.Tensor, index: int) -> None:
+    """``alone`` [3,H,W] is ``batch[index]`` up to float rounding, and nearer to it than to any other image."""
+    own = (alone - batch[index]).abs().mean().item()
+    others = [(alone - image).abs().mean().item() for j, image in enumerate(batch) if j != index]
+    assert own < ROUNDING, f"image {index} alone differs from its batched self by {own:.4f} (mean |difference|)"
+    assert all(own < other / 5 for other in others), (own, others)
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm++2m"])
 @pytest.mark.parametrize("kind", ["full", "glide"])
 def test_determinism_and_per_image_seeds(glide, full, kind, sampler):
     glide = {"glide": glide, "full": full}[kind]
     a = _pt(glide, ["a red circle"], num_images_per_prompt=3, seed=11, sampler=sampler)
     b = _pt(glide, ["a red circle"], num_images_per_prompt=3, seed=11, sampler=sampler)
-    assert torch.equal(a.images, b.images)
+    assert torch.equal(a.images, b.images)  # same call, same machine: bit-identical
     assert not torch.allclose(a.images[0], a.images[1])  # different seeds, different images
-    # Image i alone, from its recorded seed, is the same image.
+    # Exactly: image i's starting noise comes from seeds[i] alone, whatever the batch.
+    with_prior = glide.prior is not None
+    batched, single = glide._noise(a.seeds, with_prior=with_prior), glide._noise(a.seeds[2:], with_prior=with_prior)
+    for stage in ("prior", "decoder", "upsampler") if with_prior else ("decoder", "upsampler"):
+        assert torch.equal(batched[stage][2], single[stage][0]), stage
+    # Image i alone, from its recorded seed, is the same image up to float rounding.
     alone = _pt(glide, ["a red circle"], num_images_per_prompt=1, seed=a.seeds[2], sampler=sampler)
-    # (Batched and single runs differ only by float rounding, which the random tiny nets amplify a little.)
-    difference = (alone.images[0] - a.images[2]).abs()
-    assert difference.mean() < 1e-3 and difference.max() < 0.05
+    assert_same_up_to_rounding(alone.images[0], a.images, 2)
     # A torch.Generator works too and its drawn seeds are recorded.
     g = _pt(glide, ["a red circle"], num_images_per_prompt=2, seed=torch.Generator().manual_seed(0), sampler=sampler)
     again = _pt(glide, ["a red circle"], num_images_per_prompt=2, seed=g.seeds, sampler=sampler)
-    assert torch.allclose(g.images, again.images, atol=1e-5)
+    assert torch.equal(g.images, again.images)
 
 
 def test_negative_prompt_guidance_and_callback(glide):
@@ -209,7 +230,7 @@ def test_interpolation_endpoints_and_fixed_noise(unclip_pipe):
     assert out.settings["thetas"] == [0.0, pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
     # Frame 0 decodes z_a with the fixed noise = a plain variation of image A with the same seed.
     var_a = unclip_pipe.variations(_red(), num_images=1, seed=9, progress=False, output_type="pt")
-    assert torch.allclose(out.images[0], var_a.images[0], atol=1e-4)
+    assert_same_up_to_rounding(var_a.images[0], out.images, 0)  # a batch of 4 frames vs one image
     assert not torch.allclose(out.images[0], out.images[-1])
     inv = unclip_pipe.interpolate(_red(), _blue(), num_frames=3, seed=9, noise="inversion", progress=False,
                                   output_type="pt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -122,9 +123,30 @@ def test_iterable_dataset_trains_and_resumes_by_fast_forward(tmp_path):
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
 
 
+def _recording_dtypes(stage: TinyStage, dtypes: list) -> TinyStage:
+    """Record the dtype of the first Linear's output in every forward of the model the engine builds."""
+    build = stage.build_model
+
+    def build_model():
+        model = build()
+        model.net[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+        return model
+
+    stage.build_model = build_model
+    return stage
+
+
 def test_bf16_autocast_trains_on_cpu_and_fp16_needs_a_gpu(tmp_path):
-    run_training(tiny({"steps": 3, "mixed_precision": "bf16"}), tmp_path / "bf16")
-    assert all(float(x) == float(x) for x in losses(tmp_path / "bf16"))
+    bf16, fp32 = [], []
+    run_training(_recording_dtypes(tiny({"steps": 3, "mixed_precision": "bf16"}), bf16), tmp_path / "bf16")
+    run_training(_recording_dtypes(tiny({"steps": 3}), fp32), tmp_path / "fp32")
+    # the matmuls ran in bf16 under autocast (and in fp32 without it), and the loss is still finite and
+    # close to the fp32 one: bf16 changed the arithmetic, not the training
+    # (the training steps come first; a later forward outside autocast is the end-of-run evaluation)
+    assert bf16[:3] == [torch.bfloat16] * 3 and set(fp32) == {torch.float32}
+    low, full = [float(x) for x in losses(tmp_path / "bf16")], [float(x) for x in losses(tmp_path / "fp32")]
+    assert all(math.isfinite(x) for x in low) and low != full
+    assert low == pytest.approx(full, rel=0.05)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="fp16 needs a GPU"):
             run_training(tiny({"mixed_precision": "fp16"}), tmp_path / "fp16")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -110,6 +109,10 @@ def test_bad_samples_are_skipped_and_counted_in_a_worker():
 
 
 def test_dataset_smaller_than_a_global_batch_is_a_data_error():
-    with pytest.raises(DataError, match="lower train.batch_size"):
-        _stream(batch_size=8, size=12, world_size=2)
-    assert math.isfinite(1.0)
+    # batch_size is per process: 2 processes x 8 = a global batch of 16
+    with pytest.raises(DataError, match=r"has 15 samples, fewer than one global batch \(batch_size 8 x 2 "
+                                        r"processes\); lower train.batch_size"):
+        _stream(batch_size=8, size=15, world_size=2)
+    for rank in (0, 1):  # exactly one global batch is enough: each rank gets its half, every epoch
+        stream = _stream(batch_size=8, size=16, world_size=2, rank=rank)
+        assert [next(stream).size for _ in range(3)] == [8, 8, 8] and stream.position()["epoch"] == 2

@@ -6,18 +6,31 @@ Each sub-command lives in its own module under ``unclip.cli`` and exposes
 ``UnclipError``s: printed as one line, exit code 2; so are filesystem errors (an ``OSError``
 with an errno: read-only or full disk, no permission), named by path. Anything else is a bug:
 one line plus a hint, full traceback only with ``--debug``.
+
+Threads: before anything imports torch, the command sets ``OMP_WAIT_POLICY=PASSIVE`` unless the
+user set it. torch's CPU build uses GNU OpenMP, whose idle threads spin at every barrier; on a
+machine where another process is busy they steal its cores and a multi-threaded forward slows down
+several-fold. PASSIVE threads sleep instead (measured in docs/performance.md, "Threads under load").
+This is the command's choice, made here at the entry point; library code reads no environment
+variables (house rule 6), and a program that imports ``unclip`` (not ``unclip.cli``) keeps its own.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import importlib.util
-import sys
-from typing import Sequence
+import os
 
-from unclip import __version__
-from unclip.errors import UnclipError
+# GNU OpenMP reads this once, when torch loads it: it must be set before the first ``import torch``
+# (nothing above or in ``unclip``/``unclip.errors`` imports torch; the sub-commands below do).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+from unclip import __version__  # noqa: E402
+from unclip.errors import UnclipError  # noqa: E402
 
 # Order is the order shown in ``unclip --help``. A module that does not exist
 # yet is skipped, so the command always starts.

@@ -5,7 +5,9 @@
   most text-to-image papers do).
 - R-precision: for each image, the prompt is ranked among itself and
   ``pool - 1`` other captions drawn from a caption pool; the score is the
-  fraction of images whose prompt ranks first (Xu et al. 2018, AttnGAN §4).
+  fraction of images whose prompt ranks first (Xu et al. 2018, AttnGAN §4). A tie with a
+  distractor counts as a miss. When the pool holds fewer than ``pool`` distinct captions, each
+  image is ranked among all of them: ``r_precision_pool`` gives that size, and reports record it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["clip_score", "r_precision"]
+__all__ = ["clip_score", "r_precision", "r_precision_pool"]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -26,6 +28,11 @@ def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> float:
     if image_embeds.shape != text_embeds.shape:
         raise ValueError(f"shape mismatch: {tuple(image_embeds.shape)} vs {tuple(text_embeds.shape)}")
     return float(100 * (_unit(image_embeds) * _unit(text_embeds)).sum(-1).mean())
+
+
+def r_precision_pool(caption_pool: list[str], pool: int = 100) -> int:
+    """How many captions each image is ranked among: its prompt and up to ``pool - 1`` distractors."""
+    return min(pool, len(set(caption_pool)))
 
 
 def r_precision(
@@ -41,7 +48,8 @@ def r_precision(
 
     ``caption_pool``/``pool_embeds`` ([M, D]) must contain every prompt; the
     distractors for an image are drawn (without replacement, seeded) from the
-    pool's captions that differ from its prompt.
+    pool's captions that differ from its prompt; with fewer than ``pool - 1`` of
+    those, all of them are used (see ``r_precision_pool``). Ties are misses.
     """
     index = {caption: i for i, caption in enumerate(caption_pool)}
     missing = [p for p in prompts if p not in index]

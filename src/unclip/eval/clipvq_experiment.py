@@ -56,7 +56,7 @@ def evaluate_pipeline(pipe, prompts: list[str], *, seed: int = 0, eval_encoder=N
 
 @torch.no_grad()
 def _clip_metrics(encoder, images, prompts: list[str]) -> dict[str, float]:
-    from unclip.eval.clip_metrics import clip_score, r_precision
+    from unclip.eval.clip_metrics import clip_score, r_precision, r_precision_pool
 
     tensors = torch.stack([pil_to_tensor(image) for image in images])
     image_embeds = encoder.encode_image(tensors).float()
@@ -64,7 +64,8 @@ def _clip_metrics(encoder, images, prompts: list[str]) -> dict[str, float]:
     pool = [spec.caption for spec in all_combinations()]
     pool_embeds = encoder.encode_text(pool).embed.float()
     return {"clip_score": clip_score(image_embeds, text_embeds),
-            "r_precision": r_precision(image_embeds, prompts, pool, pool_embeds, pool=100)}
+            "r_precision": r_precision(image_embeds, prompts, pool, pool_embeds, pool=100),
+            "r_precision_pool": r_precision_pool(pool, 100)}
 
 
 def _reference_rows(prompts: list[str], image_size: int, vq=None, eval_encoder=None) -> dict[str, dict]:

@@ -29,7 +29,8 @@ from unclip.data import open_dataset
 from unclip.data.shapes import parse_caption
 from unclip.errors import DataError, UnclipError
 from unclip.eval import metrics
-from unclip.eval.clip_metrics import clip_score, r_precision
+from unclip.eval.clip_metrics import clip_score, r_precision, r_precision_pool
+from unclip.eval.reference import select_reference
 
 __all__ = ["EvalConfig", "choose_prompts", "evaluate_pipeline", "image_features", "load_split", "real_by_caption",
            "split_captions"]
@@ -40,7 +41,7 @@ class EvalConfig:
     num_prompts: int = 50            # distinct held-out captions to generate from
     images_per_prompt: int = 2       # ≥ 2 gives the diversity metric
     split: str = "test"              # prompts and the real reference come from this split
-    baseline_split: str = "val"      # real-vs-real baseline from here when `split` has < 2N images
+    baseline_split: str = "val"      # real-vs-real baseline from here when `split` gives < 3 (unclip.eval.reference)
     seed: int = 0
     batch_size: int = 16
     feature_size: int = 128          # images are resized to this side for EfficientNet features
@@ -79,6 +80,15 @@ def load_split(data: str | Path, split: str, limit: int | None, seed: int) -> tu
     return torch.stack([s["image"] for s in samples]), [s["caption"] for s in samples]
 
 
+def _images(data: str | Path, split: str, indices: list[int]) -> torch.Tensor | None:
+    """Images [N,3,H,W] in [-1,1] of ``split`` at dataset ``indices`` (each decoded once)."""
+    if not indices:
+        return None
+    dataset = open_dataset(data, split=split)
+    decoded = {i: dataset[i]["image"] for i in set(indices)}
+    return torch.stack([decoded[i] for i in indices])
+
+
 @lru_cache(maxsize=1)
 def _cached_extractor():
     from unclip.models.perceptual import load_efficientnet_features
@@ -100,7 +110,7 @@ def image_features(images: torch.Tensor, extractor, size: int, batch_size: int =
 
 
 def _distribution_metrics(real: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    kid_mean, _ = metrics.kid(real, other, subsets=20, subset_size=min(100, len(real), len(other)))
+    kid_mean, _ = metrics.kid(real, other, subsets=20)  # subsets of 100, at most half the set (kid_subset_size)
     precision, recall = metrics.precision_recall(real, other, k=min(3, len(real) - 1))
     density, coverage = metrics.density_coverage(real, other, k=min(5, len(real) - 1))
     return {"fid": metrics.fid(real, other), "kid": kid_mean, "precision": precision, "recall": recall,
@@ -133,32 +143,36 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
     fake = output.images.float().cpu()
     fake_prompts = list(output.prompts)
     count = len(fake)
-    # Real reference and real-vs-real baseline: two disjoint samples of the split when it
-    # holds 2N images (same distribution), else the baseline comes from baseline_split.
-    pool, _ = load_split(data, config.split, 2 * count, config.seed + 1)
-    if pool is not None and len(pool) >= 2 * count:
-        real, baseline = pool[:count], pool[count:]
-        result_baseline = config.split
+    # Real reference and real-vs-real baseline, drawn per prompt (unclip.eval.reference): the same
+    # captions as the generated set, disjoint images; the baseline comes from baseline_split only
+    # when the split cannot give 3 baseline images.
+    draw = select_reference(captions, prompts, config.images_per_prompt, config.seed + 1)
+    real = _images(data, config.split, draw.real)
+    if len(draw.baseline) >= 3:
+        baseline, result_baseline = _images(data, config.split, draw.baseline), config.split
     else:
-        real = pool[:count] if pool is not None else None
         baseline, _ = load_split(data, config.baseline_split, count, config.seed + 2)
         result_baseline = config.baseline_split
-    if real is None or len(real) < 3:
-        raise UnclipError(f"split {config.split!r} of {data} has fewer than 3 images to compare against")
+    if real is None or len(set(draw.real)) < 3:
+        raise UnclipError(f"split {config.split!r} of {data} has fewer than 3 images of the prompts to compare against")
     size = config.feature_size
     real_feats = image_features(real, extractor, size)
     fake_feats = image_features(fake, extractor, size)
-    result: dict[str, Any] = {"n_generated": count, "n_real": len(real), "n_prompts": len(prompts),
+    result: dict[str, Any] = {"n_generated": count, "n_real": len(real), "n_real_distinct": draw.real_distinct,
+                              "reference": "per prompt", "n_prompts": len(prompts),
                               "image_size": int(fake.shape[-1]), "seconds_per_image": seconds / count,
                               "cpu_seconds_per_image": cpu_seconds / count,
                               "images_per_prompt": config.images_per_prompt, "seed": config.seed,
                               "split": config.split, "settings": dict(config.settings)}
     result.update(_distribution_metrics(real_feats, fake_feats))
+    result["kid_subset_size"] = metrics.kid_subset_size(len(real_feats), len(fake_feats))
     if baseline is not None and len(baseline) >= 3:
         base_feats = image_features(baseline, extractor, size)
         result.update({f"baseline_{k}": v for k, v in _distribution_metrics(real_feats, base_feats).items()})
         result["n_baseline"] = len(baseline)
         result["baseline_split"] = result_baseline
+        if result_baseline == config.split:
+            result["baseline_same_caption"] = draw.baseline_same_caption
     by_caption = None
     if config.images_per_prompt >= 2 or eval_encoder is not None:
         by_caption = real_by_caption(data, config.split, prompts, max(config.images_per_prompt, 1))
@@ -177,7 +191,9 @@ def evaluate_pipeline(pipe, data: str | Path, config: EvalConfig, *, eval_encode
         if real_prompts:
             real_images = torch.stack([image for group in by_caption.values() for image in group])
             real_scores = _clip_metrics(eval_encoder, real_images, real_prompts, captions, config.seed)
-            result.update({f"real_{k}": v for k, v in real_scores.items()})
+            result.update({f"real_{k}": v for k, v in real_scores.items() if k != "r_precision_pool"})
+        if result["r_precision_pool"] < 100:
+            log(f"R-precision ranks among {result['r_precision_pool']} captions: the split has fewer than 100")
     shapes = _shapes_accuracy(fake, fake_prompts)
     if shapes:
         result.update(shapes)
@@ -226,7 +242,8 @@ def _clip_metrics(encoder, images: torch.Tensor, prompts: list[str], pool: list[
     index = {c: i for i, c in enumerate(pool)}
     text_embeds = pool_embeds[[index[p] for p in prompts]]
     return {"clip_score": clip_score(image_embeds, text_embeds),
-            "r_precision": r_precision(image_embeds, prompts, pool, pool_embeds, pool=100, seed=seed)}
+            "r_precision": r_precision(image_embeds, prompts, pool, pool_embeds, pool=100, seed=seed),
+            "r_precision_pool": r_precision_pool(pool, 100)}
 
 
 def _shapes_accuracy(images: torch.Tensor, prompts: list[str]) -> dict[str, float] | None:

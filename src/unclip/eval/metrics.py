@@ -8,7 +8,7 @@ can be had offline).
 - FID: Fréchet distance between Gaussians fitted to two feature sets
   (Heusel et al. 2017, eq. 6): ‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½).
 - KID: unbiased MMD² with the cubic polynomial kernel k(x,y) = (xᵀy/d + 1)³,
-  averaged over random subsets (Bińkowski et al. 2018, §3).
+  averaged over random subsets of at most half the smaller set (Bińkowski et al. 2018, §3).
 - Precision / recall with k-NN manifolds (Kynkäänniemi et al. 2019, eq. 1–2).
 - Density / coverage (Naeem et al. 2020, eq. 2–3).
 """
@@ -23,6 +23,8 @@ __all__ = [
     "gaussian_stats",
     "fid",
     "kid",
+    "kid_subset_size",
+    "mmd2_unbiased",
     "precision_recall",
     "density_coverage",
     "mean_pairwise_distance",
@@ -84,23 +86,38 @@ def fid(real_features, fake_features) -> float:
     return float(max(value, 0.0))
 
 
+def kid_subset_size(n_real: int, n_fake: int, subset_size: int = 100) -> int:
+    """Subset size for ``kid``: ``subset_size``, but at most half of the smaller set (and at least 2).
+
+    Bińkowski et al. (2018, §4) average the unbiased MMD² over random subsets; when a subset is the
+    whole set every subset is the same and the std over subsets is 0, which says nothing. Half the
+    smaller set keeps the subsets different, so the std measures the spread of the estimate.
+    """
+    return max(2, min(subset_size, min(n_real, n_fake) // 2))
+
+
 def kid(real_features, fake_features, *, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
-    """KID (mean, std over subsets): unbiased MMD² with a cubic polynomial kernel."""
+    """KID (mean, std over subsets): unbiased MMD² with a cubic polynomial kernel (Bińkowski et al. 2018).
+
+    Subsets hold ``kid_subset_size(len(real), len(fake), subset_size)`` rows of each set.
+    """
     real, fake = _as_f64(real_features), _as_f64(fake_features)
-    size = min(subset_size, len(real), len(fake))
+    size = kid_subset_size(len(real), len(fake), subset_size)
     rng = np.random.default_rng(seed)
-    dim = real.shape[1]
-    values = []
-    for _ in range(subsets):
-        x = real[rng.choice(len(real), size, replace=False)]
-        y = fake[rng.choice(len(fake), size, replace=False)]
-        k_xx = (x @ x.T / dim + 1) ** 3
-        k_yy = (y @ y.T / dim + 1) ** 3
-        k_xy = (x @ y.T / dim + 1) ** 3
-        off = size * (size - 1)
-        mmd = (k_xx.sum() - np.trace(k_xx)) / off + (k_yy.sum() - np.trace(k_yy)) / off - 2 * k_xy.mean()
-        values.append(mmd)
+    values = [mmd2_unbiased(real[rng.choice(len(real), size, replace=False)],
+                            fake[rng.choice(len(fake), size, replace=False)]) for _ in range(subsets)]
     return float(np.mean(values)), float(np.std(values))
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² of [m, d] and [n, d] arrays with k(a, b) = (aᵀb/d + 1)³ (Gretton et al. 2012, eq. 3):
+    the within-set means leave out the diagonal k(a, a)."""
+    dim = x.shape[1]
+    k_xx, k_yy, k_xy = (x @ x.T / dim + 1) ** 3, (y @ y.T / dim + 1) ** 3, (x @ y.T / dim + 1) ** 3
+    m, n = len(x), len(y)
+    within_x = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+    within_y = (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+    return float(within_x + within_y - 2 * k_xy.mean())
 
 
 def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ __all__ = ["write_report", "plot_sweep", "sample_grid", "to_html", "fmt", "METRI
 METRIC_LABELS = (
     ("fid", "FID ↓", "baseline_fid"),
     ("kid", "KID ↓", "baseline_kid"),
+    ("kid_subset_size", "KID subset size (100, or half the sample)", None),
     ("precision", "precision ↑", "baseline_precision"),
     ("recall", "recall ↑", "baseline_recall"),
     ("density", "density ↑", "baseline_density"),
@@ -25,7 +26,8 @@ METRIC_LABELS = (
     ("real_diversity", "diversity of real images sharing a caption", None),
     ("decoder_diversity", "decoder-only diversity (variations of one real image)", None),
     ("clip_score", "CLIP score (eval CLIP) ↑", "real_clip_score"),
-    ("r_precision", "R-precision @100 (eval CLIP) ↑", "real_r_precision"),
+    ("r_precision", "R-precision (eval CLIP; pool below) ↑", "real_r_precision"),
+    ("r_precision_pool", "R-precision pool (captions ranked per image: 100, or the split's all)", None),
     ("recognised", "recognised: Lite1 top-1 of the real render in the sample's top-5 ↑ (real: ceiling)",
      "recognised_ceiling"),
     ("recognised_chance", "recognised, chance level (shuffled pairs)", None),
@@ -115,9 +117,11 @@ def write_report(out_dir: Path, *, model: str, data: str, command: str, results:
     else:
         result = results[0]
         lines += [f"{result['n_generated']} generated images from {result['n_prompts']} prompts, "
-                  f"against {result['n_real']} real images; the real-vs-real column compares "
-                  "a second real sample of the same size (for CLIP score and R-precision: the real images "
-                  "of the same prompts, the most the eval CLIP can give).", "",
+                  f"against {result['n_real']} real images drawn per prompt (the same captions, "
+                  f"{result.get('n_real_distinct', '?')} distinct); the real-vs-real column compares a second "
+                  "real sample drawn the same way (the prompts' other images, else a caption that is not a prompt; "
+                  "for CLIP score and R-precision: the real images of the same prompts, the most the eval CLIP "
+                  "can give).", "",
                   "| metric | generated | real vs real |", "|---|---|---|"]
         lines += [f"| {label} | {value} | {base} |" for label, value, base in _rows(result)]
         lines.append("")

@@ -13,7 +13,8 @@ Called like every text→image pipeline (docs/pipeline.md)::
                guidance_scale=3.0, truncation=0.9, steps=50, sampler="ancestral")
 
 Image i is sampled with its own generator seeded by ``out.seeds[i]`` (rows of a batch draw
-from their own generators), so ``seed=out.seeds[i], num_images_per_prompt=1`` reproduces it.
+from their own generators), so ``seed=out.seeds[i], num_images_per_prompt=1`` reproduces it up to
+float rounding of the batched networks (a token can flip only where two logits nearly tie).
 
 Directory: ``pipeline.json`` (kind "clipvq", diffusion settings, defaults) + ``encoder/``,
 ``vq/model.safetensors``, ``transformer/model.safetensors``.
