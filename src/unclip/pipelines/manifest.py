@@ -33,7 +33,7 @@ COMPONENT_KEYS: dict[str, dict[str, Any]] = {
     "decoder": {"role": str, "conditioning": str, "diffusion": dict, "image_size": int, "encoder": str,
                 "sample": dict, "distilled": dict, "autoencoder": str},
     "upsampler": {"role": str, "diffusion": dict, "image_size": int, "low_res_size": int, "noise_level": int,
-                  "sample": dict, "crop_size": int},
+                  "sample": dict, "crop_size": int, "anchor_low_res": bool},
     "prior": {"role": str, "kind": str, "embeddings": str, "sample": dict},
 }
 # Sampling settings, wherever they appear (pipeline defaults, a component's "sample"); other keys of

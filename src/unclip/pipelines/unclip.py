@@ -366,7 +366,8 @@ class UnCLIPPipeline:
                                      sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator,
                                      spacing=s["spacing"],
                                      callback=_stage_callback("upsampler", bars.get("upsampler"), callback),
-                                     channels_last=fast_layout("upsampler", s["precision"], self.device))
+                                     channels_last=fast_layout("upsampler", s["precision"], self.device),
+                                     anchor_low_res=bool(self.upsampler.info.get("anchor_low_res", False)))
         return x
 
     @staticmethod

@@ -60,6 +60,8 @@ class UpsamplerStageConfig:
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference_noise_level: int = 0   # augmentation level the pipeline passes at sampling time
+    # at sampling, replace the output's low frequencies by the input's (unclip.pipelines.sampling.anchor_to_low_res)
+    anchor_low_res: bool = False
     sample: SampleSettings = field(default_factory=SampleSettings)
 
     def __post_init__(self):
@@ -139,7 +141,8 @@ class UpsamplerStage(ImageStage):
         generator = torch.Generator(param.device).manual_seed(step)
         x_T = torch.randn(images.shape, generator=generator, device=param.device, dtype=param.dtype)
         out = sample_upsampler(model, self.diffusion, low, x_T, noise_level=self.config.inference_noise_level,
-                               sampler=s.sampler, steps=s.steps, generator=generator)
+                               sampler=s.sampler, steps=s.steps, generator=generator, spacing=s.spacing,
+                               anchor_low_res=self.config.anchor_low_res)
         shown = torch.nn.functional.interpolate(low, size=images.shape[-2:], mode="nearest")
         save_png(image_grid(to_pil(shown) + to_pil(out) + to_pil(images), columns=n),
                  Path(out_dir) / f"upsampler_samples_{step:06d}.png")
@@ -150,6 +153,6 @@ class UpsamplerStage(ImageStage):
         cfg = self.config
         info = {"role": "upsampler", "diffusion": to_dict(cfg.diffusion), "image_size": cfg.data.image_size,
                 "low_res_size": cfg.data.low_res_size, "noise_level": cfg.inference_noise_level,
-                "crop_size": cfg.data.crop_size,
+                "crop_size": cfg.data.crop_size, "anchor_low_res": cfg.anchor_low_res,
                 "sample": to_dict(cfg.sample)}
         return write_component(Path(out_dir) / "upsampler", model, info)
