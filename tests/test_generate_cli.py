@@ -94,17 +94,13 @@ def test_emoji_is_the_default_and_every_shipped_model_generates(tmp_path, capsys
     from unclip.pipelines.registry import default_model, shipped_models
 
     assert default_model() == "emoji" and {"emoji", "shapes"} <= set(shipped_models())
-    # emoji: a 64 px latent decoder raised to 256 px by the upsampler (--base-only stops at 64 px); shapes: 32 px
-    cases = (("emoji", "a Noto-style emoji of red apple", [], 256), ("emoji", "a Noto-style emoji of red apple",
-             ["--base-only"], 64), ("shapes", "a large red circle in the center", [], 32))
-    for index, (name, prompt, extra, size) in enumerate(cases):
-        out = tmp_path / f"{name}{index}.png"
-        code, stdout, _ = _run(["generate", prompt, "--model", name, "-n", "2", "--seed", "0", "--quiet",
-                                "--prior-steps", "2", "--decoder-steps", "2", "--out", str(out), *extra]
-                               + (["--upsampler-steps", "1"] if size == 256 else []), capsys)
+    for name, prompt in (("emoji", "a Noto-style emoji of red apple"), ("shapes", "a large red circle in the center")):
+        out = tmp_path / f"{name}.png"
+        code, stdout, _ = _run(["generate", prompt, "--model", name, "-n", "2", "--seed", "0", "--quiet", "--zoom", "2",
+                                "--prior-steps", "2", "--decoder-steps", "2", "--out", str(out)], capsys)
         assert code == 0, stdout
-        with Image.open(out) as grid:  # two images in one row, 2 px padding
-            assert grid.size == (2 * size + 3 * 2, size + 2 * 2)
+        with Image.open(out) as grid:  # two 32 px images, enlarged twice, in one row
+            assert grid.size == (2 * 64 + 3 * 2, 64 + 2 * 2)
     code, _, err = _run(["generate", "a large red circle", "--model", "shapes", "--base-only", "--quiet"], capsys)
     assert code == 2 and "no upsampler" in err
 
@@ -157,12 +153,26 @@ def test_vary_interpolate_textdiff_write_files(tmp_path, models, capsys):
     assert code == 0 and out.is_file() and out.with_suffix(".gif").is_file()
 
 
-def test_shipped_models_fit_the_budget_and_emoji_is_the_cascade():
-    from unclip.pipelines import load_pipeline
+def test_shipped_models_fit_the_budget():
     from unclip.pipelines.registry import models_root
 
     total = sum(f.stat().st_size for f in models_root().rglob("*") if f.is_file())
     assert total <= 80e6, f"shipped models take {total / 1e6:.1f} MB; the budget is 80 MB"
-    pipe = load_pipeline("emoji")
-    assert pipe.stages == ("prior", "decoder", "upsampler") and pipe.decoder.latent
-    assert (pipe.decoder_size, pipe.image_size) == (64, 256)
+
+
+def test_base_only_stops_after_the_decoder(tmp_path, models, capsys):
+    """`vary --base-only` on a pipeline with an upsampler: the decoder's 16 px image, not the 32 px one."""
+    from PIL import Image as PILImage
+
+    red = tmp_path / "red.png"
+    PILImage.new("RGB", (16, 16), "red").save(red)
+    for extra, size in (([], 32), (["--base-only"], 16)):
+        out = tmp_path / f"v{size}.png"
+        code, stdout, _ = _run(["vary", str(red), "--model", models["unclip"], "-n", "1", "--seed", "0", "--quiet",
+                                "--decoder-steps", "2", "--out", str(out), *extra], capsys)
+        assert code == 0, stdout
+        with Image.open(out) as grid:
+            assert grid.size == (size + 2 * 2, size + 2 * 2)
+    code, _, err = _run(["vary", str(red), "--model", models["unclip"], "--base-only", "--upsampler-steps", "2",
+                         "--quiet"], capsys)
+    assert code == 2 and "--base-only" in err
