@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="dataset directory (built dataset, image folder, shards)")
     parser.add_argument("--out", required=True, help="output directory for the shards")
     parser.add_argument("--split", default="all", help="train, val, test, a comma list, or all")
+    parser.add_argument("--caption-column", default=None, metavar="NAME",
+                        help="caption column of a Hugging Face imagefolder's metadata.jsonl/.csv (default: text)")
     parser.add_argument("--batch-size", type=int_in_range(1, 65536), default=64, help="items per forward pass")
     parser.add_argument("--shard-size", type=int_in_range(1, 10_000_000), default=4096, help="rows per shard")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -50,7 +52,7 @@ def run(args) -> int:
     encoder = load_encoder(args.encoder, device=args.device)
     info = embed_to_shards(encoder, args.data, args.out, encoder_path=str(args.encoder), splits=splits,
                            batch_size=args.batch_size, shard_size=args.shard_size, overwrite=args.overwrite,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, caption_column=args.caption_column)
     if args.update_stats:
         if str(args.encoder).startswith(("hf:", "open_clip:")) or not Path(args.encoder).is_dir():
             raise UnclipError("--update-stats needs an encoder directory, not an hf:/open_clip: spec")

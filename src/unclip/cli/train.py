@@ -16,6 +16,7 @@ EXAMPLES = """
   unclip train decoder --config configs/decoder/tiny.yaml --data data/shapes --set train.steps=2000 --out runs/dec
   unclip train clipvq --images my_pictures/ --out runs/clipvq   # language-free CLIP-VQDiffusion
   unclip train prior --resume runs/prior-shapes                  # continue from the latest checkpoint
+  unclip train prior --config configs/prior/shapes.yaml --log-with tensorboard,wandb --out runs/prior  # offline
   unclip train --resume runs/prior-shapes --set train.steps=20000  # train a finished run further
   accelerate launch --num_processes 4 -m unclip.cli train decoder --config configs/decoder/tiny.yaml --out runs/dec
 """
@@ -47,6 +48,10 @@ def register(subparsers) -> None:
                         help="start from existing weights: a model file, component, run or pipeline directory, "
                              "e.g. src/unclip/assets/models/emoji (shorthand for --set train.init=PATH)")
     parser.add_argument("--resume", metavar="RUNDIR", help="continue the run in RUNDIR from its latest checkpoint")
+    parser.add_argument("--log-with", metavar="TRACKERS",
+                        help="experiment trackers through Accelerate: tensorboard, wandb, mlflow (comma list) or "
+                             "none; offline unless --set train.log_offline=false; metrics.csv is always written "
+                             "(shorthand for --set train.log_with=TRACKERS)")
 
 
 def _overrides(args) -> list[str]:
@@ -57,6 +62,8 @@ def _overrides(args) -> list[str]:
         overrides.append(f"data.path={json.dumps(args.data)}")
     if args.images:
         overrides += [f"data.path={json.dumps(args.images)}", "data.image_only=true"]
+    if getattr(args, "log_with", None):
+        overrides.append(f"train.log_with={json.dumps(args.log_with)}")
     if getattr(args, "init", None):
         if args.resume:
             raise UnclipError("--init starts a new run from weights; a resumed run continues from its checkpoint")

@@ -141,11 +141,15 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     shapes = {tuple(s["image"].shape) for s in samples}
     if len(shapes) > 1:
         raise DataError(f"images in a batch differ in size {sorted(shapes)}; open the dataset with image_size=N")
-    return {
+    batch = {
         "image": torch.stack([s["image"] for s in samples]),
         "caption": [s["caption"] for s in samples],
         "meta": [s["meta"] for s in samples],
     }
+    for key in ("image_embed", "text_embed"):  # embeddings stored inside shards (unclip.data.shards)
+        if all(key in s for s in samples):
+            batch[key] = torch.stack([s[key] for s in samples])
+    return batch
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,10 +10,19 @@ distributed ranks when torch.distributed is initialised).
 A sample without ``.txt`` gets caption ``""`` and ``meta["has_caption"] = False``;
 an empty or non-UTF-8 caption, a missing or undecodable image, or a truncated
 shard is skipped and counted (``BadSamples``), never raised mid-epoch.
+
+Embeddings stored inside shards come with the sample as float32 tensors: ``.npy`` or ``.img_emb.npy``
+(the CLIP image embedding, DALLE2-pytorch's layout) → ``"image_embed"`` [D], ``.text_emb.npy`` →
+``"text_embed"`` [D]. ``caption_key`` names the caption member (default ``txt``).
+
+Local shards are read with the standard library. URLs (``pipe:cmd``, ``http(s)://``, ``file://``) are
+opened, and their brace patterns expanded, by the ``webdataset`` package, an optional extra
+(``pip install 'unclip[webdataset]'``); ``a::b`` joins several specs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -27,14 +36,45 @@ from torch.utils.data import IterableDataset, get_worker_info
 from unclip.data.common import BadSamples, MissingSplit, decode_caption, decode_image
 from unclip.errors import DataError
 
-__all__ = ["ShardDataset", "expand_shards", "write_shards"]
+__all__ = ["ShardDataset", "expand_shards", "write_shards", "is_shard_spec", "is_url", "EMBED_KEYS"]
 
 _IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+_URL = re.compile(r"^(pipe:|https?://|file://)")
+# tar member extension → item key, for embeddings stored inside shards
+EMBED_KEYS = {"npy": "image_embed", "img_emb.npy": "image_embed", "text_emb.npy": "text_embed"}
+WEBDATASET_HINT = "pip install 'unclip[webdataset]'"
 
 
-def expand_shards(spec: str, split: str = "train") -> list[Path]:
-    """A ``.tar`` path, a ``name-{0000..0009}.tar`` pattern or a directory → sorted shard paths."""
+def is_url(spec: str) -> bool:
+    """A shard spec the ``webdataset`` package opens: ``pipe:...``, ``http(s)://...``, ``file://...``."""
+    return any(_URL.match(part) for part in str(spec).split("::"))
+
+
+def is_shard_spec(spec: str) -> bool:
+    """A ``.tar`` path, a brace pattern or a URL (a directory of shards is recognised by its contents)."""
+    text = str(spec)
+    return "{" in text or text.endswith(".tar") or is_url(text)
+
+
+def _webdataset():
+    try:
+        import webdataset
+    except ImportError:
+        raise DataError(f"reading pipe:/http(s):// shard URLs needs the webdataset package: {WEBDATASET_HINT}") from None
+    return webdataset
+
+
+def expand_shards(spec: str, split: str = "train") -> list[Path | str]:
+    """A ``.tar`` path, a ``name-{0000..0009}.tar`` pattern or a directory → sorted shard paths;
+    a URL spec → its expanded URLs (strings)."""
+    if is_url(spec):
+        if split not in ("train", "all"):
+            raise MissingSplit(f"shard URLs have no '{split}' split; give that split's URLs as the data path")
+        urls = _webdataset().shardlists.expand_urls(spec)
+        if not urls:
+            raise DataError(f"no shards in {spec}")
+        return urls
     match = _BRACE.search(spec)
     if match:
         first, last = match.group(1), match.group(2)
@@ -67,11 +107,13 @@ class ShardDataset(IterableDataset):
     """Streams samples ``{"image", "caption", "meta"}`` from webdataset shards."""
 
     def __init__(self, spec: str | Path, split: str = "train", image_size: int | None = None, *,
-                 shuffle_buffer: int = 0, seed: int = 0):
+                 shuffle_buffer: int = 0, seed: int = 0, caption_key: str = "txt", decode_images: bool = True):
         if split not in ("train", "val", "test", "all"):
             raise DataError(f"unknown split {split!r}; choose train, val, test or all")
         self.shards = expand_shards(str(spec), split)
         self.image_size = image_size
+        self.caption_key = caption_key.lstrip(".").lower()
+        self.decode_images = decode_images  # False: embeddings and captions only (the prior reads shards so)
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.epoch = 0
@@ -100,10 +142,10 @@ class ShardDataset(IterableDataset):
             yield from _shuffled(stream, self.shuffle_buffer, random.Random(f"{self.seed}:{self.epoch}:buffer"))
         self.bad.report(" in this pass")
 
-    def _read_shard(self, shard: Path) -> Iterator[dict[str, Any]]:
+    def _read_shard(self, shard: Path | str) -> Iterator[dict[str, Any]]:
         key, group = None, {}
         try:
-            with tarfile.open(shard, mode="r|*") as tar:
+            with _open_shard(shard) as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -126,14 +168,19 @@ class ShardDataset(IterableDataset):
         if group:
             yield from self._sample(shard, key, group)
 
-    def _sample(self, shard: Path, key: str, group: dict[str, bytes]) -> Iterator[dict[str, Any]]:
-        where = f"{shard.name}:{key}"
+    def _sample(self, shard: Path | str, key: str, group: dict[str, bytes]) -> Iterator[dict[str, Any]]:
+        name = shard_name(shard)
+        where = f"{name}:{key}"
+        has_caption = self.caption_key in group
         try:
             image_ext = next((e for e in _IMAGE_KEYS if e in group), None)
-            if image_ext is None:
-                raise DataError("no image")
-            image = decode_image(group[image_ext], self.image_size)
-            caption = decode_caption(group["txt"]) if "txt" in group else ""
+            image = None
+            if self.decode_images:
+                if image_ext is None:
+                    raise DataError("no image")
+                image = decode_image(group[image_ext], self.image_size)
+            caption = decode_caption(group[self.caption_key]) if has_caption else ""
+            embeds = {item_key: _decode_npy(group[ext]) for ext, item_key in EMBED_KEYS.items() if ext in group}
         except DataError as exc:
             self.bad.add(where, str(exc))
             self.bad.report_sparsely()
@@ -145,8 +192,47 @@ class ShardDataset(IterableDataset):
                 meta = loaded if isinstance(loaded, dict) else {"json": loaded}
             except (UnicodeDecodeError, json.JSONDecodeError):
                 meta = {}
-        yield {"image": image, "caption": caption,
-               "meta": meta | {"key": key, "shard": shard.name, "has_caption": "txt" in group}}
+        item = {"image": image, "caption": caption,
+                "meta": meta | {"key": key, "shard": name, "has_caption": has_caption}}
+        yield item | embeds
+
+
+def shard_name(shard: Path | str) -> str:
+    """A shard's file name (the last part of a path or URL; a pipe: command as given)."""
+    if isinstance(shard, Path):
+        return shard.name
+    return shard if shard.startswith("pipe:") else shard.rstrip("/").rsplit("/", 1)[-1]
+
+
+@contextlib.contextmanager
+def _open_shard(shard: Path | str) -> Iterator[tarfile.TarFile]:
+    """A stream-mode tar reader of a local shard, or of a URL opened by ``webdataset.gopen`` (closing the
+    stream checks a ``pipe:`` command's exit status: a failed command is an OSError, a bad shard)."""
+    if isinstance(shard, Path):
+        with tarfile.open(shard, mode="r|*") as tar:
+            yield tar
+        return
+    stream = _webdataset().gopen(shard, "rb")
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            yield tar
+    finally:
+        stream.close()
+
+
+def _decode_npy(data: bytes) -> torch.Tensor:
+    """A ``.npy`` member → float32 tensor (one row: [D]); no pickles."""
+    import io
+
+    import numpy as np
+
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        raise DataError("unreadable .npy member") from None
+    if array.dtype.kind not in "fiu" or array.size == 0:
+        raise DataError(f"a .npy embedding must hold numbers, got dtype {array.dtype}")
+    return torch.from_numpy(np.asarray(array, dtype=np.float32).reshape(-1).copy())
 
 
 def _shuffled(stream: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
@@ -163,7 +249,9 @@ def _shuffled(stream: Iterator[dict], size: int, rng: random.Random) -> Iterator
 
 
 def write_shards(samples, out_pattern: str, per_shard: int = 1000) -> list[Path]:
-    """Write ``(key, image_bytes, ext, caption, meta)`` tuples to shards ``out_pattern % shard_index``.
+    """Write ``(key, image_bytes, ext, caption, meta)`` tuples to shards ``out_pattern % shard_index``;
+    a sixth element ``{extension: bytes}`` adds members (e.g. ``{"img_emb.npy": ...}``); ``image_bytes``
+    None writes no image.
 
     A small helper for tests and for exporting a built dataset; it writes the
     img2dataset layout with plain ``tarfile``.
@@ -172,18 +260,20 @@ def write_shards(samples, out_pattern: str, per_shard: int = 1000) -> list[Path]
 
     paths: list[Path] = []
     tar = None
-    for count, (key, image_bytes, ext, caption, meta) in enumerate(samples):
+    for count, sample in enumerate(samples):
         if count % per_shard == 0:
             if tar is not None:
                 tar.close()
             paths.append(Path(out_pattern % len(paths)))
             paths[-1].parent.mkdir(parents=True, exist_ok=True)
             tar = tarfile.open(paths[-1], "w")
-        members = [(ext, image_bytes)]
+        key, image_bytes, ext, caption, meta, *more = sample
+        members = [(ext, image_bytes)] if image_bytes is not None else []
         if caption is not None:
             members.append(("txt", caption.encode("utf-8") if isinstance(caption, str) else caption))
         if meta is not None:
             members.append(("json", json.dumps(meta).encode("utf-8")))
+        members += list(more[0].items()) if more else []
         for suffix, data in members:
             info = tarfile.TarInfo(f"{key}.{suffix}")
             info.size = len(data)

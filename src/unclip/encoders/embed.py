@@ -25,15 +25,17 @@ __all__ = ["embed_to_shards", "open_splits", "SPLITS"]
 SPLITS = ("train", "val", "test")
 
 
-def open_splits(data: str | Path, splits: Sequence[str], image_size: int) -> dict[str, Any]:
-    """``{split: dataset}`` for the requested splits; with ``all``, the splits that exist."""
+def open_splits(data: str | Path, splits: Sequence[str], image_size: int, *,
+                caption_column: str | None = None) -> dict[str, Any]:
+    """``{split: dataset}`` for the requested splits; with ``all``, the splits that exist.
+    ``caption_column``: the caption column of an ``imagefolder``'s metadata (``unclip.data.folder``)."""
     from unclip.data import open_dataset
 
     wanted = list(SPLITS) if list(splits) == ["all"] else list(splits)
     opened = {}
     for split in wanted:
         try:
-            opened[split] = open_dataset(data, split=split, image_size=image_size)
+            opened[split] = open_dataset(data, split=split, image_size=image_size, caption_column=caption_column)
         except DataError:
             if list(splits) != ["all"]:
                 raise
@@ -66,7 +68,8 @@ def _check_resumable(info: dict[str, Any], fresh: dict[str, Any], out: Path) -> 
 
 def embed_to_shards(encoder, data: str | Path, out: str | Path, *, encoder_path: str = "",
                     splits: Sequence[str] = ("all",), batch_size: int = 64, shard_size: int = 4096,
-                    overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                    overwrite: bool = False, progress: bool = True,
+                    caption_column: str | None = None) -> dict[str, Any]:
     """Encode ``data`` into ``out`` (resumable); returns the final ``embed.json`` contents.
 
     Also writes ``out/embed_stats.safetensors`` (per-dimension mean/std of the
@@ -75,7 +78,7 @@ def embed_to_shards(encoder, data: str | Path, out: str | Path, *, encoder_path:
     if batch_size < 1 or shard_size < 1:
         raise UnclipError("--batch-size and --shard-size must be >= 1")
     out = Path(out)
-    datasets = open_splits(data, splits, encoder.image_size)
+    datasets = open_splits(data, splits, encoder.image_size, caption_column=caption_column)
     rows = [(split, i) for split, ds in datasets.items() for i in range(len(ds))]   # global row order
     fresh = new_info(encoder=encoder_path, source=str(Path(data).resolve()), embed_dim=encoder.embed_dim,
                      token_dim=encoder.token_dim, max_len=encoder.max_len, shard_size=shard_size,

@@ -274,6 +274,16 @@ class EmbeddingDataset(Dataset):
         return torch.from_numpy(stacked.astype(bool if kind == "text_mask" else np.float32))
 
 
-def open_embeddings(root: str | Path, split: str | None = None) -> EmbeddingDataset:
-    """Open an embeddings directory written by ``unclip embed`` (``split=None``: all rows)."""
-    return EmbeddingDataset(Path(root), split=split)
+def open_embeddings(root: str | Path, split: str | None = None, *, caption_key: str = "txt"):
+    """Open an embeddings directory written by ``unclip embed`` (``split=None``: all rows), or embeddings
+    made elsewhere, read as they are (``unclip.encoders.external``): a clip-retrieval output folder
+    (``img_emb/``, ``text_emb/``, ``metadata/``) or webdataset shards with ``.npy`` embedding members."""
+    from unclip.data.shards import is_shard_spec
+    from unclip.encoders.external import is_clip_retrieval, open_external
+
+    text = str(root)
+    if (Path(text) / INFO_FILE).is_file():
+        return EmbeddingDataset(Path(text), split=split)
+    if is_shard_spec(text) or is_clip_retrieval(Path(text)) or (Path(text).is_dir() and any(Path(text).glob("*.tar"))):
+        return open_external(text, split, caption_key=caption_key)
+    return EmbeddingDataset(Path(text), split=split)

@@ -41,6 +41,7 @@ from unclip.errors import CheckpointError, UnclipError
 from unclip.models.token_transformer import TokenTransformer
 from unclip.models.vq import VQModel
 from unclip.pipelines import PipelineOutput, read_pipeline_json
+from unclip.pipelines.diffusers_compat import diffusers_call
 from unclip.pipelines.images import check_finite
 from unclip.precision import autocast, resolve_precision
 
@@ -77,7 +78,9 @@ class ClipVQPipeline:
         return self.vq.config.image_size
 
     def resolve_settings(self, *, steps=None, guidance_scale=None, truncation=None, sampler=None,
-                         decoder_steps=None, decoder_guidance=None, precision=None) -> dict[str, Any]:
+                         decoder_steps=None, decoder_guidance=None, precision=None,
+                         to_pixels: bool = True) -> dict[str, Any]:
+        """Sampling settings over the defaults; ``to_pixels=False`` (``output_type="latent"``) keeps the codes."""
         s = dict(self.defaults)
         s["precision"] = resolve_precision(precision or s["precision"], self.device)
         for key, value in (("steps", steps if steps is not None else decoder_steps),
@@ -95,9 +98,12 @@ class ClipVQPipeline:
         if float(s["guidance_scale"]) < 0:
             raise UnclipError(f"guidance_scale must be >= 0, got {s['guidance_scale']}")
         s["steps"] = int(s["steps"])
+        if not to_pixels:
+            s["to_pixels"] = False
         return s
 
     # --- text → image ----------------------------------------------------------------
+    @diffusers_call
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
                  num_images_per_prompt: int = 1, seed: int | Sequence[int] | torch.Generator | None = None,
@@ -108,6 +114,8 @@ class ClipVQPipeline:
         ``settings``: ``steps`` (alias ``decoder_steps``), ``guidance_scale`` (alias ``decoder_guidance``),
         ``truncation`` (r), ``sampler`` ("ancestral" or "purity"), ``precision`` ("auto", "fp32", "bf16"; see
         ``unclip.precision``). ``callback("decoder", step, total, codes)`` after every step.
+        diffusers' names (``generator``, ``num_inference_steps``, ``callback_on_step_end``, ``return_dict``,
+        ``output_type="latent"``: the token codes [N, seq_len]) are accepted too (``diffusers_compat``).
         """
         from unclip.pipelines.unclip import make_seeds
 
@@ -178,7 +186,7 @@ class ClipVQPipeline:
             fast, timesteps = discrete.respace(schedule, total)
             codes = discrete.sample(model_fn, shape, fast, truncation=s["truncation"], generator=generators,
                                     device=device, callback=on_step, timesteps=timesteps)
-        return self.vq.decode(codes).float()
+        return self.vq.decode(codes).float() if s.get("to_pixels", True) else codes
 
     # --- save / load -------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -235,6 +243,6 @@ def _format(images: torch.Tensor, output_type: str):
         return to_pil(images)
     if output_type == "np":
         return to_numpy(images)
-    if output_type == "pt":
+    if output_type in ("pt", "latent"):  # "latent": the token codes [N, seq_len] (diffusers_compat)
         return images.detach().cpu()
-    raise UnclipError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+    raise UnclipError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")

@@ -39,6 +39,7 @@ from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
 from unclip.models.unet import UNet
 from unclip.pipelines import PipelineOutput, read_pipeline_json
+from unclip.pipelines.diffusers_compat import diffusers_call
 from unclip.pipelines.images import check_finite, to_numpy, to_pil
 from unclip.pipelines.manifest import check_component_info, read_json_object
 from unclip.pipelines.prior_adapter import PriorComponent, load_prior_component
@@ -120,7 +121,7 @@ class Component:
 def make_seeds(seed: int | Sequence[int] | torch.Generator | None, count: int) -> list[int]:
     """Per-image seeds: int s → s, s+1, ...; a list is used as-is; a Generator or None draws them."""
     if isinstance(seed, torch.Generator):
-        return [int(v) for v in torch.randint(0, SEED_MAX, (count,), generator=seed)]
+        return [int(v) for v in torch.randint(0, SEED_MAX, (count,), generator=seed, device=seed.device)]
     if seed is None:
         return [secrets.randbelow(SEED_MAX) for _ in range(count)]
     if isinstance(seed, (list, tuple)):
@@ -193,10 +194,12 @@ class UnCLIPPipeline:
     def resolve_settings(self, *, prior_steps=None, decoder_steps=None, upsampler_steps=None, prior_guidance=None,
                          decoder_guidance=None, sampler=None, prior_sampler=None, decoder_sampler=None,
                          upsampler_sampler=None, eta=0.0, precision=None, spacing=None, prior_spacing=None,
-                         decoder_spacing=None, upsampler_spacing=None, upsample: bool = True) -> dict[str, dict]:
+                         decoder_spacing=None, upsampler_spacing=None, upsample: bool = True,
+                         to_pixels: bool = True) -> dict[str, dict]:
         """Per-stage {steps, sampler, spacing, guidance_scale, eta, precision} from the arguments over the defaults.
 
         ``upsample=False`` stops after the decoder (the base-resolution image): the upsampler is not run.
+        ``to_pixels=False`` (``output_type="latent"``) also keeps a latent decoder's samples as latents.
 
         ``spacing`` (every stage) or ``prior_spacing``/``decoder_spacing``/``upsampler_spacing`` is the timestep
         grid, one of ``unclip.diffusion.schedule.SPACINGS`` (default: each stage's own, else "trailing").
@@ -233,9 +236,12 @@ class UnCLIPPipeline:
             values["precision"] = resolve_precision(precision or values.get("precision", "auto"), self.device)
             check_sampler(values["sampler"], values["eta"])
             settings[stage] = values
+        if not to_pixels:
+            settings["decoder"]["to_pixels"] = False
         return settings
 
     # --- text → image -------------------------------------------------------------------
+    @diffusers_call
     def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
                  num_images_per_prompt: int = 1, seed: int | Sequence[int] | torch.Generator | None = None,
                  callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
@@ -249,6 +255,8 @@ class UnCLIPPipeline:
         ``precision`` ("auto", "fp32", "bf16"; see
         ``unclip.precision``). ``callback(stage, step, total, x)`` after every step.
         ``image_embed_source``: ``"prior"``, ``"text"`` or ``"none"`` (see the module docstring).
+        diffusers' names (``generator``, ``num_inference_steps``, ``callback_on_step_end``, ``return_dict``,
+        ``output_type="latent"``, ...) are accepted too: ``unclip.pipelines.diffusers_compat``.
         """
         prompts = check_captions(prompts)
         if negative_prompt is not None and not str(negative_prompt).strip():
@@ -356,7 +364,8 @@ class UnCLIPPipeline:
                 sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator, spacing=s["spacing"],
                 callback=_stage_callback("decoder", bars.get("decoder"), callback),
                 channels_last=fast_layout("decoder", s["precision"], self.device), clip_denoised=not self.decoder.latent)
-            x = self.decoder.to_pixels(x)
+            if s.get("to_pixels", True):
+                x = self.decoder.to_pixels(x)
         if self.upsampler is not None and "upsampler" in settings:
             s = settings["upsampler"]
             with autocast(s["precision"], self.device):
@@ -376,21 +385,24 @@ class UnCLIPPipeline:
             return to_pil(images)
         if output_type == "np":
             return to_numpy(images)
-        if output_type == "pt":
+        if output_type in ("pt", "latent"):  # "latent": the decoder's samples (diffusers_compat)
             return images.detach().cpu()
-        raise UnclipError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        raise UnclipError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
 
     # --- manipulations (paper §3); implemented in unclip.pipelines.manipulate ----------
+    @diffusers_call
     def variations(self, image, *, num_images: int = 4, seed=None, callback=None, **kwargs) -> PipelineOutput:
         from unclip.pipelines.manipulate import variations
 
         return variations(self, image, num_images=num_images, seed=seed, callback=callback, **kwargs)
 
+    @diffusers_call
     def interpolate(self, image_a, image_b, *, num_frames: int = 8, seed=None, callback=None, **kwargs):
         from unclip.pipelines.manipulate import interpolate
 
         return interpolate(self, image_a, image_b, num_frames=num_frames, seed=seed, callback=callback, **kwargs)
 
+    @diffusers_call
     def text_diff(self, image, from_caption: str, to_caption: str, *, num_frames: int = 6, seed=None,
                   callback=None, **kwargs) -> PipelineOutput:
         from unclip.pipelines.manipulate import text_diff

@@ -29,6 +29,8 @@ class TrainConfig:
     eval_every: int = 0                   # 0: only at the end
     cpu: bool = False                     # train on CPU even when a GPU is present
     init: str = ""                        # start from these weights (unclip.train.init); "" = from scratch
+    log_with: str = ""                    # trackers: tensorboard, wandb, mlflow (comma list), none; "" = tensorboard if installed
+    log_offline: bool = True              # wandb offline mode, MLflow to a local store under RUNDIR (unclip.train.metrics)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -43,3 +45,7 @@ class TrainConfig:
             raise ValueError("checkpoint_every and log_every must be >= 1, eval_every >= 0")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0:
             raise ValueError("warmup_steps, grad_clip and num_workers must be >= 0")
+        known = ("tensorboard", "wandb", "mlflow", "none")
+        unknown = [n for n in (x.strip().lower() for x in self.log_with.split(",")) if n and n not in known]
+        if unknown:
+            raise ValueError(f"log_with: unknown tracker {unknown[0]!r} (choose from: {', '.join(known)})")

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from unclip.config import to_dict
 from unclip.errors import ConfigError, UnclipError
 from unclip.train.config import TrainConfig
 from unclip.train.ema import EMA
 from unclip.train.loader import BatchStream
-from unclip.train.metrics import MetricsLogger
+from unclip.train.metrics import MetricsLogger, parse_log_with
 from unclip.train.optim import build_optimizer, lr_factor, optimizer_from_tensors, optimizer_to_tensors, set_lr
 from unclip.train.runs import prepare_run_dir, stage_spec, write_run_info
 from unclip.train.stage import Stage
@@ -340,8 +341,10 @@ _WINDOW_KEY = "metrics_window"  # TrainState.extra entry: {"sums": {name: float}
 
 def _train(run: _Run) -> Path:
     cfg = run.cfg
+    trackers = parse_log_with(cfg.log_with)  # every process, so a missing package stops all of them
     logger = MetricsLogger(run.out_dir, enabled=run.main, start_step=run.state.step, total_steps=cfg.steps,
-                           run_name=stage_spec(run.stage))
+                           run_name=stage_spec(run.stage), trackers=trackers, offline=cfg.log_offline,
+                           config=to_dict(run.stage.config))
     if run.checkpoint_path is not None:
         logger.write(f"resumed from {run.checkpoint_path} (step {run.state.step}, epoch {run.state.epoch})")
     # The metrics window (sums since the last logged row) travels in the checkpoint, so a run resumed

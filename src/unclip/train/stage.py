@@ -71,7 +71,8 @@ class ImageStage(Stage):
     """A stage trained on the images (and captions) of the dataset at ``config.data.path``.
 
     ``config.data`` needs ``path`` and ``val_split``; images are resized to
-    ``image_size()`` (``config.data.image_size`` unless a subclass says otherwise).
+    ``image_size()`` (``config.data.image_size`` unless a subclass says otherwise). An optional
+    ``caption_column`` names the caption column of an ``imagefolder`` (or the caption member of shards).
     """
 
     def image_size(self) -> int | None:
@@ -83,10 +84,11 @@ class ImageStage(Stage):
         from unclip.data import open_dataset, open_eval_split
 
         data = self.config.data
+        caption_column = getattr(data, "caption_column", "") or None  # a data config may name it
         if split == "train":
-            return open_dataset(data.path, split=split, image_size=self.image_size())
+            return open_dataset(data.path, split=split, image_size=self.image_size(), caption_column=caption_column)
         split = data.val_split if split == "val" else split
-        return open_eval_split(data.path, split, image_size=self.image_size())
+        return open_eval_split(data.path, split, image_size=self.image_size(), caption_column=caption_column)
 
     def collate(self, samples: list[Any]) -> Any:
         from unclip.data import collate_samples

@@ -39,6 +39,7 @@ class ClipDataConfig:
     eval_items: int = 1000           # retrieval check on this many eval items
     stats_items: int = 20000         # training items used for embed_stats
     tokenizer_vocab: int = 0         # 0: the text tower's vocab_size
+    caption_column: str = ""         # imagefolder metadata column / shard member with the caption ("" = text / txt)
     cache: bool = True               # keep decoded training images in memory
 
 
@@ -104,7 +105,8 @@ class ClipStage(Stage):
         from unclip.data import open_dataset, open_eval_split
 
         opener = open_dataset if split == "train" else open_eval_split  # a plain folder has no val split
-        return opener(self.config.data.path, split=split, image_size=self.image_size)
+        return opener(self.config.data.path, split=split, image_size=self.image_size,
+                      caption_column=self.config.data.caption_column or None)
 
     def build_dataset(self, split: str) -> Dataset:
         if split != "train":

@@ -1,7 +1,9 @@
 """Training stage ``prior``: the unCLIP diffusion prior P(z_i | y) (Ramesh et al. 2022, §2.1, App. C).
 
 Data: an embeddings directory written by ``unclip embed`` (``data.path`` = EMBDIR; read with
-``unclip.encoders.shards.open_embeddings``). Embeddings are normalised per dimension with the
+``unclip.encoders.shards.open_embeddings``), or embeddings made elsewhere read as they are: a
+clip-retrieval output folder or webdataset shards with ``.npy`` members (``unclip.encoders.external``;
+they hold no caption token states, so the prior conditions on the text embedding alone). Embeddings are normalised per dimension with the
 encoder's ``embed_stats.safetensors`` (looked up in ``data.encoder``, else the encoder named in
 EMBDIR/embed.json, else EMBDIR itself; computed from the training split as a last resort).
 Loss: MSE on the unnoised image embedding (x0 prediction) via ``GaussianDiffusion.training_losses``;
@@ -45,6 +47,7 @@ class PriorData:
     train_split: str = "train"
     val_split: str = "val"
     max_text_len: int = 0             # caption tokens the prior attends to: 0 = the encoder's max_len (longer are cut)
+    caption_column: str = ""          # shards with embeddings inside: the caption member ("" = txt)
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,10 @@ class PriorStageConfig:
 class EmbeddingRows(Dataset):
     """One split of an embeddings directory held in memory as tensors (embeddings are small)."""
 
-    def __init__(self, path: str | Path, split: str):
+    def __init__(self, path: str | Path, split: str, caption_key: str = "txt"):
         from unclip.encoders.shards import open_embeddings
 
-        source = open_embeddings(path, split)
+        source = open_embeddings(path, split, caption_key=caption_key)
         self.info = source.info
         self.captions = source.captions
         self.tensors = {key: source.stack(key) for key in ("image_embed", "text_embed", "text_tokens", "text_mask")}
@@ -112,7 +115,7 @@ class PriorStage(Stage):
 
     def split(self, name: str) -> EmbeddingRows:
         if name not in self._splits:
-            self._splits[name] = EmbeddingRows(self.config.data.path, name)
+            self._splits[name] = EmbeddingRows(self.config.data.path, name, self.config.data.caption_column or "txt")
         return self._splits[name]
 
     def build_model(self) -> DiffusionPrior | ARPrior:
@@ -121,7 +124,8 @@ class PriorStage(Stage):
         if self.config.kind == "autoregressive":
             return self._build_ar(rows)
         config = replace_dims(self.config.model, embed_dim=int(info["embed_dim"]), token_dim=int(info["token_dim"]),
-                              max_text_len=self._text_len(info), unit_norm=bool(info.get("normalized", True)))
+                              max_text_len=self._text_len(info), unit_norm=bool(info.get("normalized", True)),
+                              use_text_tokens=self.config.model.use_text_tokens and _has_tokens(info))
         model = DiffusionPrior(config)
         stats = find_embed_stats(self.config.data.path, self.config.data.encoder, info)
         if stats is None:
@@ -140,7 +144,8 @@ class PriorStage(Stage):
         embed_dim = int(info["embed_dim"])
         config = dataclasses.replace(self.config.ar, embed_dim=embed_dim, token_dim=int(info["token_dim"]),
                                      max_text_len=self._text_len(info), unit_norm=bool(info.get("normalized", True)),
-                                     pca_dims=min(self.config.ar.pca_dims, embed_dim))
+                                     pca_dims=min(self.config.ar.pca_dims, embed_dim),
+                                     use_text_tokens=self.config.ar.use_text_tokens and _has_tokens(info))
         model = ARPrior(config)
         model.fit_codebook(rows.tensors["image_embed"], rows.tensors["text_embed"])
         return model
@@ -194,6 +199,11 @@ class PriorStage(Stage):
         save_model(model, path, extra_metadata={"component": json.dumps(info, sort_keys=True)})
         atomic_write_text(directory / "component.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
         return path
+
+
+def _has_tokens(info: dict) -> bool:
+    """Embeddings made elsewhere (clip-retrieval, shards) carry no caption token states."""
+    return info.get("text_tokens", True) is not False
 
 
 def _stats_of(rows: EmbeddingRows) -> dict[str, torch.Tensor]:
