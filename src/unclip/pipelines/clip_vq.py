@@ -149,7 +149,8 @@ class ClipVQPipeline:
             uncond = F.normalize(neg, dim=-1).to(self.device).expand(len(prompts), -1)
         return cond, uncond
 
-    def _sample(self, seeds, cond, uncond, s, callback, bar) -> torch.Tensor:
+    def _sample(self, seeds, cond, uncond, s, callback, bar, known=None, keep=None) -> torch.Tensor:
+        """Images [B,3,H,W] for one batch; ``known`` codes [B,N] are fixed where ``keep`` (inpainting)."""
         device = self.device
         generators = [torch.Generator(device).manual_seed(int(x)) for x in seeds]
         net = self.transformer
@@ -172,12 +173,20 @@ class ClipVQPipeline:
         schedule = self.schedule.to(device)
         if s["sampler"] == "purity":
             codes = discrete.sample_purity(model_fn, shape, schedule, num_steps=total, truncation=s["truncation"],
-                                           generator=generators, device=device, callback=on_step)
+                                           generator=generators, device=device, callback=on_step, known=known,
+                                           keep=keep)
         else:
             fast, timesteps = discrete.respace(schedule, total)
             codes = discrete.sample(model_fn, shape, fast, truncation=s["truncation"], generator=generators,
-                                    device=device, callback=on_step, timesteps=timesteps)
+                                    device=device, callback=on_step, timesteps=timesteps, known=known, keep=keep)
         return self.vq.decode(codes).float()
+
+    # --- edits (implemented in unclip.pipelines.edits) ---------------------------------
+    def inpaint(self, image, mask, prompt: str | None = None, **kwargs) -> PipelineOutput:
+        """Fixed-token inpainting: the VQ codes outside ``mask`` stay, the transformer fills the rest."""
+        from unclip.pipelines.edits import inpaint_clipvq
+
+        return inpaint_clipvq(self, image, mask, prompt, **kwargs)
 
     # --- save / load -------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -314,10 +314,13 @@ class UnCLIPPipeline:
         return out
 
     def _run(self, seeds, noise, settings, callback, progress, batch_size, *, text=None, negative=None,
-             image_embed: torch.Tensor | None = None) -> torch.Tensor:
-        """Sample all images → [N, 3, S, S] in [-1, 1], batched unless a sampler is stochastic."""
+             image_embed: torch.Tensor | None = None, edit=None) -> torch.Tensor:
+        """Sample all images → [N, 3, S, S] in [-1, 1], batched unless a sampler is stochastic.
+
+        ``edit`` (``unclip.pipelines.edits``): extra sampler arguments per stage and group of images."""
         n = len(seeds)
-        stochastic = any(is_stochastic(v["sampler"], v["eta"]) for v in settings.values())
+        stochastic = any(is_stochastic(v["sampler"], v["eta"]) for v in settings.values()) or (
+            edit is not None and edit.stochastic)
         groups = [[i] for i in range(n)] if stochastic else [list(range(i, min(n, i + batch_size)))
                                                             for i in range(0, n, batch_size)]
         bars = {stage: tqdm(total=v["steps"] * len(groups), desc=stage, disable=not progress, leave=False)
@@ -326,13 +329,15 @@ class UnCLIPPipeline:
         try:
             for group in groups:
                 outputs.append(self._run_group(group, noise, settings, bars, callback, text=text, negative=negative,
-                                               image_embed=image_embed, stochastic=stochastic))
+                                               image_embed=image_embed, stochastic=stochastic, edit=edit))
         finally:
             for bar in bars.values():
                 bar.close()
         return torch.cat(outputs)
 
-    def _run_group(self, group, noise, settings, bars, callback, *, text, negative, image_embed, stochastic):
+    def _run_group(self, group, noise, settings, bars, callback, *, text, negative, image_embed, stochastic,
+                   edit=None):
+        extra = (lambda stage: edit.stage_kwargs(stage, group)) if edit is not None else (lambda stage: {})  # noqa: E731
         generator = noise["generators"][group[0]] if stochastic else None
         pick = lambda enc: None if enc is None else _select(enc, group)  # noqa: E731
         text_g, negative_g = pick(text), pick(negative)
@@ -355,7 +360,8 @@ class UnCLIPPipeline:
                 image_embed=z, text=text_g, negative_text=negative_g, guidance_scale=s["guidance_scale"],
                 sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator, spacing=s["spacing"],
                 callback=_stage_callback("decoder", bars.get("decoder"), callback),
-                channels_last=fast_layout("decoder", s["precision"], self.device), clip_denoised=not self.decoder.latent)
+                channels_last=fast_layout("decoder", s["precision"], self.device), clip_denoised=not self.decoder.latent,
+                **extra("decoder"))
             x = self.decoder.to_pixels(x)
         if self.upsampler is not None and "upsampler" in settings:
             s = settings["upsampler"]
@@ -366,7 +372,8 @@ class UnCLIPPipeline:
                                      sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator,
                                      spacing=s["spacing"],
                                      callback=_stage_callback("upsampler", bars.get("upsampler"), callback),
-                                     channels_last=fast_layout("upsampler", s["precision"], self.device))
+                                     channels_last=fast_layout("upsampler", s["precision"], self.device),
+                                     **extra("upsampler"))
         return x
 
     @staticmethod
@@ -396,6 +403,17 @@ class UnCLIPPipeline:
 
         return text_diff(self, image, from_caption, to_caption, num_frames=num_frames, seed=seed,
                          callback=callback, **kwargs)
+
+    # --- edits (image-to-image, inpainting, style); implemented in unclip.pipelines.edits / .style ----
+    def img2img(self, image, prompt: str | None = None, *, strength: float = 0.6, **kwargs) -> PipelineOutput:
+        from unclip.pipelines.edits import img2img
+
+        return img2img(self, image, prompt, strength=strength, **kwargs)
+
+    def inpaint(self, image, mask, prompt: str | None = None, **kwargs) -> PipelineOutput:
+        from unclip.pipelines.edits import inpaint
+
+        return inpaint(self, image, mask, prompt, **kwargs)
 
     # --- save / load ---------------------------------------------------------------
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
