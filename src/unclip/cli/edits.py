@@ -55,6 +55,34 @@ def register(subparsers) -> None:
                    help="keep the sampled pixels outside the mask instead of the original ones")
     _add_edit_args(p, default_out="inpaint.png")
 
+    p = add_command(subparsers, "restyle", help="move an emoji image to another style in CLIP space",
+                    description="Restyle an emoji image (Noto, Twemoji, OpenMoji, Fluent). textdiff (default): the "
+                                "text diff of unCLIP sec. 3.3 from 'a {source}-style emoji of X' to 'a {target}-style "
+                                "emoji of X', decoded from the image's DDIM-inverted latent; caption: img2img under "
+                                "the target caption. The source style and X come from --caption, --from-style, or "
+                                "the dataset caption of an image file from a built dataset (index.jsonl) or with a "
+                                "same-name .txt.",
+                    examples="""
+  unclip restyle data/emoji64-all/images/000123.png --style fluent --out fluent.png   # caption from the dataset
+  unclip restyle apple.png --style twemoji --from-style noto --caption "red apple" --theta 0.6
+  unclip restyle apple.png --style fluent --caption "a Noto-style emoji of red apple" --method caption""",
+                    func=_restyle)
+    p.add_argument("image", help="input image file")
+    p.add_argument("--style", required=True, help="target style: noto, twemoji, openmoji or fluent")
+    p.add_argument("--from-style", default=None, help="the image's style (default: from --caption or the dataset)")
+    p.add_argument("--caption", default=None,
+                   help="the image's caption ('a Noto-style emoji of red apple') or just its subject ('red apple')")
+    p.add_argument("--method", choices=("textdiff", "caption"), default="textdiff")
+    p.add_argument("--theta", type=float_in_range(0.01, 1), default=0.5, help="textdiff: slerp weight towards z_d")
+    p.add_argument("--eta", type=float_in_range(0, 1), default=0.0,
+                   help="textdiff: DDIM eta from the inverted latent (> 0 makes -n images differ)")
+    p.add_argument("--strength", type=float_in_range(0, 1), default=0.6, help="caption: SDEdit strength")
+    p.add_argument("-n", "--num-images", type=int_in_range(1, MAX_IMAGES), default=1, help="images to make")
+    p.add_argument("--out", default="restyle.png", help="grid PNG to write")
+    p.add_argument("--zoom", type=int_in_range(1, 16), default=1, help="enlarge each image in the grid N times")
+    _add_image_limit(p)
+    _add_model_args(p)
+
 
 def _add_edit_args(parser, *, default_out: str) -> None:
     parser.add_argument("-n", "--num-images", type=int_in_range(1, MAX_IMAGES), default=1, help="images to make")
@@ -125,3 +153,20 @@ def _inpaint(args) -> int:
                           "tokens: drop them")
     result = pipe.inpaint(image, mask, prompt, paste_back=args.paste_back, **kwargs)
     return _write(result, args, "inpainted image(s)")
+
+
+def _restyle(args) -> int:
+    from unclip.pipelines.style import check_style, dataset_caption, resolve_source
+
+    style = check_style(args.style)
+    caption = _text(args.caption, "--caption") or dataset_caption(args.image)
+    source, _ = resolve_source(caption, args.from_style)  # a one-line error before the model loads
+    image = _read_image(args.image, args.max_image_pixels)
+    args.out = _png_path(args.out)
+    pipe = _load(args)
+    _require(pipe, "restyle")
+    kwargs = _kwargs_for(pipe, _stage_kwargs(args))
+    result = pipe.restyle(image, style, from_style=source, caption=caption, method=args.method, theta=args.theta,
+                          strength=args.strength, num_images=args.num_images, eta=args.eta, seed=args.seed,
+                          progress=not args.quiet, **kwargs)
+    return _write(result, args, f"image(s): {result.settings['from_caption']!r} -> {result.settings['to_caption']!r}")

@@ -101,16 +101,18 @@ class ClipVQPipeline:
     def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
                  num_images_per_prompt: int = 1, seed: int | Sequence[int] | torch.Generator | None = None,
                  callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
-                 batch_size: int = 32, **settings: Any) -> PipelineOutput:
+                 batch_size: int = 32, style: str | None = None, **settings: Any) -> PipelineOutput:
         """Generate ``num_images_per_prompt`` images per prompt.
 
         ``settings``: ``steps`` (alias ``decoder_steps``), ``guidance_scale`` (alias ``decoder_guidance``),
         ``truncation`` (r), ``sampler`` ("ancestral" or "purity"), ``precision`` ("auto", "fp32", "bf16"; see
         ``unclip.precision``). ``callback("decoder", step, total, codes)`` after every step.
+        ``style`` (e.g. "fluent"): each prompt becomes that style's caption (``unclip.pipelines.style``).
         """
+        from unclip.pipelines.style import styled_prompts
         from unclip.pipelines.unclip import make_seeds
 
-        prompts = check_captions(prompts)
+        prompts = styled_prompts(check_captions(prompts), style)
         if not 1 <= num_images_per_prompt <= 256:
             raise UnclipError(f"num_images_per_prompt must be in [1, 256], got {num_images_per_prompt}")
         if negative_prompt is not None and not str(negative_prompt).strip():
@@ -132,7 +134,7 @@ class ClipVQPipeline:
             bar.close()
         images = torch.cat(images)
         info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
-                "stages": {"decoder": s}, "model": self.name, "condition": self.condition}
+                "stages": {"decoder": s}, "model": self.name, "condition": self.condition, "style": style}
         return PipelineOutput(images=_format(check_finite(images, self.name), output_type), seeds=seeds,
                               prompts=image_prompts, settings=info)
 

@@ -239,7 +239,8 @@ class UnCLIPPipeline:
     def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
                  num_images_per_prompt: int = 1, seed: int | Sequence[int] | torch.Generator | None = None,
                  callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
-                 batch_size: int = 16, image_embed_source: str = "prior", **stage_settings: Any) -> PipelineOutput:
+                 batch_size: int = 16, image_embed_source: str = "prior", style: str | None = None,
+                 **stage_settings: Any) -> PipelineOutput:
         """Generate ``num_images_per_prompt`` images per prompt.
 
         ``stage_settings``: ``prior_steps``, ``decoder_steps``, ``upsampler_steps``, ``prior_guidance``,
@@ -249,8 +250,13 @@ class UnCLIPPipeline:
         ``precision`` ("auto", "fp32", "bf16"; see
         ``unclip.precision``). ``callback(stage, step, total, x)`` after every step.
         ``image_embed_source``: ``"prior"``, ``"text"`` or ``"none"`` (see the module docstring).
+        ``style`` (e.g. "fluent"): each prompt becomes that style's caption (``unclip.pipelines.style``).
         """
         prompts = check_captions(prompts)
+        if style is not None:
+            from unclip.pipelines.style import styled_prompts
+
+            prompts = styled_prompts(prompts, style)
         if negative_prompt is not None and not str(negative_prompt).strip():
             negative_prompt = None
         if not 1 <= num_images_per_prompt <= 256:
@@ -269,7 +275,7 @@ class UnCLIPPipeline:
             images = self._run(seeds, noise, settings, callback, progress, batch_size, text=text, negative=negative,
                                image_embed=image_embed)
         info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
-                "stages": settings, "model": self.name, "image_embed_source": image_embed_source}
+                "stages": settings, "model": self.name, "image_embed_source": image_embed_source, "style": style}
         return PipelineOutput(images=self.format(check_finite(images, self.name), output_type), seeds=seeds,
                               prompts=image_prompts, settings=info)
 
@@ -414,6 +420,11 @@ class UnCLIPPipeline:
         from unclip.pipelines.edits import inpaint
 
         return inpaint(self, image, mask, prompt, **kwargs)
+
+    def restyle(self, image, style: str, **kwargs) -> PipelineOutput:
+        from unclip.pipelines.style import restyle
+
+        return restyle(self, image, style, **kwargs)
 
     # --- save / load ---------------------------------------------------------------
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
