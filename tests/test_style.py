@@ -24,11 +24,11 @@ def test_style_captions_follow_the_dataset_template():
     assert style_caption("noto", "red apple") == "a Noto-style emoji of red apple"
     assert style_caption("openmoji", "red apple") == "an OpenMoji-style emoji of red apple"
     assert style_caption("fluent") == "a Fluent-style emoji"
-    assert parse_style_caption("a Twemoji-style emoji of red apple, fruit, food") == ("twemoji", "red apple, fruit, food")
+    assert parse_style_caption("a Twemoji-style emoji of red apple, food") == ("twemoji", "red apple, food")
     assert parse_style_caption("an OpenMoji-style emoji") == ("openmoji", None)
     assert parse_style_caption("a red circle") is None and parse_style_caption("a Pixel-style emoji of x") is None
     assert styled_prompt("red apple", "fluent") == "a Fluent-style emoji of red apple"
-    assert styled_prompt("a Noto-style emoji of red apple, fruit", "twemoji") == "a Twemoji-style emoji of red apple, fruit"
+    assert styled_prompt("a Noto-style emoji of red apple, food", "twemoji") == "a Twemoji-style emoji of red apple, food"
     assert resolve_source("a Noto-style emoji of cat", None) == ("noto", "cat")
     assert resolve_source("a Noto-style emoji of cat", "fluent") == ("fluent", "cat")
     assert resolve_source("cat", "twemoji") == ("twemoji", "cat") and resolve_source(None, "noto") == ("noto", None)

@@ -13,6 +13,7 @@ from unclip.cli.generate import (_add_image_limit, _add_model_args, _kwargs_for,
 from unclip.encoders.base import check_utf8
 from unclip.errors import UnclipError
 from unclip.limits import MAX_IMAGES
+from unclip.pipelines.edits import DEFAULT_RESAMPLE, DEFAULT_STRENGTH, MAX_RESAMPLE
 
 
 def register(subparsers) -> None:
@@ -28,7 +29,7 @@ def register(subparsers) -> None:
                     func=_img2img)
     p.add_argument("image", help="input image file")
     p.add_argument("prompt", nargs="?", default=None, help="the new caption (optional)")
-    p.add_argument("--strength", type=float_in_range(0, 1), default=0.6,
+    p.add_argument("--strength", type=float_in_range(0, 1), default=DEFAULT_STRENGTH,
                    help="how far along the decoder's grid to noise the input: 0 keeps it, 1 ignores it")
     _add_edit_args(p, default_out="img2img.png")
 
@@ -47,10 +48,11 @@ def register(subparsers) -> None:
     where.add_argument("--mask", default=None, help="mask PNG of the image's size: white = regenerate, black = keep")
     where.add_argument("--box", default=None,
                        help="x0,y0,x1,y1 to regenerate, in pixels of the image or in fractions (all values <= 1)")
-    p.add_argument("--resample", type=int_in_range(1, 20), default=3,
-                   help="unCLIP: RePaint passes per step (1 = no resampling; each adds one decoder call per step)")
-    p.add_argument("--eta", type=float_in_range(0, 1), default=1.0,
-                   help="unCLIP: DDIM eta of the reverse step (1 = RePaint's DDPM step)")
+    p.add_argument("--resample", type=int_in_range(1, MAX_RESAMPLE), default=None,
+                   help=f"unCLIP: RePaint passes per step (default {DEFAULT_RESAMPLE}; 1 = no resampling; each "
+                        "adds one decoder call per step)")
+    p.add_argument("--eta", type=float_in_range(0, 1), default=None,
+                   help="unCLIP: DDIM eta of the reverse step (default 1 = RePaint's DDPM step)")
     p.add_argument("--no-paste-back", dest="paste_back", action="store_false",
                    help="keep the sampled pixels outside the mask instead of the original ones")
     _add_edit_args(p, default_out="inpaint.png")
@@ -147,8 +149,8 @@ def _inpaint(args) -> int:
     _require(pipe, "inpaint")
     kwargs = _edit_kwargs(pipe, args)
     if getattr(pipe, "kind", None) == "unclip":
-        kwargs.update(resample=args.resample, eta=args.eta)
-    elif args.resample != 3 or args.eta != 1.0:
+        kwargs.update({k: v for k, v in (("resample", args.resample), ("eta", args.eta)) if v is not None})
+    elif args.resample is not None or args.eta is not None:
         raise UnclipError("--resample and --eta apply to unCLIP (RePaint); CLIP-VQDiffusion inpaints with fixed "
                           "tokens: drop them")
     result = pipe.inpaint(image, mask, prompt, paste_back=args.paste_back, **kwargs)

@@ -39,7 +39,12 @@ from unclip.errors import UnclipError
 from unclip.pipelines import PipelineOutput
 from unclip.pipelines.images import check_finite, from_pil
 
-__all__ = ["img2img", "inpaint", "inpaint_clipvq", "box_mask", "parse_box", "mask_tensor", "StageEdit"]
+__all__ = ["img2img", "inpaint", "inpaint_clipvq", "box_mask", "parse_box", "mask_tensor", "StageEdit",
+           "DEFAULT_STRENGTH", "DEFAULT_RESAMPLE", "MAX_RESAMPLE"]
+
+DEFAULT_STRENGTH = 0.6   # img2img: the fraction of the grid that is run
+DEFAULT_RESAMPLE = 3     # RePaint's U: passes per step (each one more decoder call per step)
+MAX_RESAMPLE = 20
 
 ImageLike = Image.Image | str | Path | torch.Tensor
 MaskLike = Image.Image | str | Path | torch.Tensor | Sequence[float]
@@ -207,7 +212,8 @@ def _components(pipe) -> dict:
 
 
 @torch.no_grad()
-def img2img(pipe, image: ImageLike, prompt: str | None = None, *, strength: float = 0.6, num_images: int = 1,
+def img2img(pipe, image: ImageLike, prompt: str | None = None, *, strength: float = DEFAULT_STRENGTH,
+            num_images: int = 1,
             seed=None, negative_prompt: str | None = None, image_embed_source: str | None = None,
             callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
             **stage_settings) -> PipelineOutput:
@@ -238,17 +244,18 @@ def img2img(pipe, image: ImageLike, prompt: str | None = None, *, strength: floa
 
 
 @torch.no_grad()
-def inpaint(pipe, image: ImageLike, mask: MaskLike, prompt: str | None = None, *, resample: int = 3,
-            eta: float = 1.0, num_images: int = 1, seed=None, negative_prompt: str | None = None,
-            image_embed_source: str | None = None, paste_back: bool = True, callback: Callable | None = None,
-            progress: bool = True, output_type: str = "pil", **stage_settings) -> PipelineOutput:
+def inpaint(pipe, image: ImageLike, mask: MaskLike, prompt: str | None = None, *,
+            resample: int = DEFAULT_RESAMPLE, eta: float = 1.0, num_images: int = 1, seed=None,
+            negative_prompt: str | None = None, image_embed_source: str | None = None, paste_back: bool = True,
+            callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
+            **stage_settings) -> PipelineOutput:
     """RePaint inpainting of the white part of ``mask`` under ``prompt`` (or the image's own CLIP embedding).
 
     ``resample``: RePaint's U (passes per step, 1 = plain replacement, no jump; cost grows with it).
     ``eta``: the DDIM eta of the reverse step (1 = RePaint's DDPM step); the ddpm sampler uses 1, dpm++2m is
     refused. ``paste_back``: put the original pixels back outside the mask (module docstring)."""
-    if isinstance(resample, bool) or not isinstance(resample, int) or not 1 <= resample <= 20:
-        raise UnclipError(f"resample must be an integer in [1, 20], got {resample!r}")
+    if isinstance(resample, bool) or not isinstance(resample, int) or not 1 <= resample <= MAX_RESAMPLE:
+        raise UnclipError(f"resample must be an integer in [1, {MAX_RESAMPLE}], got {resample!r}")
     job = _prepare(pipe, image, prompt, negative_prompt, image_embed_source, num_images, seed, stage_settings,
                    image_eta=eta)
     settings, out_size = job["settings"], job["x_out"].shape[-1]
@@ -277,9 +284,13 @@ def inpaint(pipe, image: ImageLike, mask: MaskLike, prompt: str | None = None, *
 def inpaint_clipvq(pipe, image: ImageLike, mask: MaskLike, prompt: str | None = None, *, num_images: int = 1,
                    seed=None, negative_prompt: str | None = None, paste_back: bool = True,
                    callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
-                   **settings) -> PipelineOutput:
+                   resample: int | None = None, **settings) -> PipelineOutput:
     """Fixed-token inpainting with a ``ClipVQPipeline``: the condition is the prompt's normalised CLIP text
-    embedding or, without a prompt, the image's own CLIP image embedding (what the transformer trained on)."""
+    embedding or, without a prompt, the image's own CLIP image embedding (what the transformer trained on).
+    ``resample`` is RePaint's (unCLIP) and is refused here."""
+    if resample is not None:
+        raise UnclipError("resample applies to unCLIP inpainting (RePaint); CLIP-VQDiffusion fixes the known tokens "
+                          "instead: leave it out")
     from tqdm.auto import tqdm
 
     from unclip.pipelines.unclip import make_seeds

@@ -343,7 +343,9 @@ class UnCLIPPipeline:
 
     def _run_group(self, group, noise, settings, bars, callback, *, text, negative, image_embed, stochastic,
                    edit=None):
-        extra = (lambda stage: edit.stage_kwargs(stage, group)) if edit is not None else (lambda stage: {})  # noqa: E731
+        def extra(stage: str) -> dict:  # an edit's sampler arguments for this group (unclip.pipelines.edits)
+            return edit.stage_kwargs(stage, group) if edit is not None else {}
+
         generator = noise["generators"][group[0]] if stochastic else None
         pick = lambda enc: None if enc is None else _select(enc, group)  # noqa: E731
         text_g, negative_g = pick(text), pick(negative)
@@ -366,8 +368,8 @@ class UnCLIPPipeline:
                 image_embed=z, text=text_g, negative_text=negative_g, guidance_scale=s["guidance_scale"],
                 sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator, spacing=s["spacing"],
                 callback=_stage_callback("decoder", bars.get("decoder"), callback),
-                channels_last=fast_layout("decoder", s["precision"], self.device), clip_denoised=not self.decoder.latent,
-                **extra("decoder"))
+                channels_last=fast_layout("decoder", s["precision"], self.device),
+                clip_denoised=not self.decoder.latent, **extra("decoder"))
             x = self.decoder.to_pixels(x)
         if self.upsampler is not None and "upsampler" in settings:
             s = settings["upsampler"]
