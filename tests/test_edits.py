@@ -251,3 +251,7 @@ def test_clipvq_inpaint_keeps_the_rest():
         assert torch.equal(out.images[..., 8:], image[None, :, :, 8:].expand(2, -1, -1, -1))
         again = pipe.inpaint(image, (0, 0, 8, 16), prompt, seed=0, num_images=2, progress=False, output_type="pt")
         assert torch.equal(out.images, again.images)
+    with pytest.raises(UnclipError, match="resample"):
+        pipe.inpaint(image, (0, 0, 8, 16), resample=2, progress=False)
+    styled = pipe(["red apple"], style="fluent", seed=0, progress=False)   # generation's style= on this kind too
+    assert styled.prompts == ["a Fluent-style emoji of red apple"] and styled.settings["style"] == "fluent"
