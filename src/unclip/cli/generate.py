@@ -84,6 +84,9 @@ def register(subparsers) -> None:
     p.add_argument("--image-embed-source", choices=("prior", "text", "none"), default=None,
                    help="unCLIP only: the decoder's CLIP image embedding from the prior (default), the caption's "
                         "CLIP text embedding, or none (the learned null embedding; caption tokens only)")
+    p.add_argument("--style", default=None,
+                   help="emoji style (noto, twemoji, openmoji, fluent): each prompt becomes 'a {Style}-style emoji "
+                        "of PROMPT' (a caption in that form gets its style replaced)")
     _add_model_args(p)
 
     p = add_command(subparsers, "vary", help="variations of an image (unCLIP §3.1)",
@@ -231,6 +234,11 @@ def _generate(args) -> int:
     out_dir = _out_dir(args.out_dir) if args.out_dir else None
     if out is None and out_dir is None:
         out = _png_path("grid.png")
+    style = None
+    if args.style is not None:
+        from unclip.pipelines.style import check_style
+
+        style = check_style(args.style)
     pipe = _load(args)
     extra = _kwargs_for(pipe, _stage_kwargs(args))
     if args.image_embed_source is not None:
@@ -238,6 +246,8 @@ def _generate(args) -> int:
             raise UnclipError(f"--image-embed-source applies to unCLIP pipelines only, not {args.model} "
                               f"({getattr(pipe, 'kind', type(pipe).__name__)})")
         extra["image_embed_source"] = args.image_embed_source
+    if style is not None:
+        extra["style"] = style
     seeds = make_seeds(args.seed, total)  # image i keeps seed+i however the run is batched
     per_call = max(1, GENERATE_BATCH // n)  # prompts per pipeline call: memory stays flat
     shown, files, settings, written = [], [], None, []

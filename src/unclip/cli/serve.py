@@ -22,7 +22,7 @@ EXAMPLES = """
 def register(subparsers) -> None:
     parser = add_command(
         subparsers, "serve",
-        help="web app and HTTP API (generate, variations, interpolate, text diffs)",
+        help="web app and HTTP API (generate, variations, interpolate, text diffs, img2img, inpaint)",
         description="Serve a page and a JSON HTTP API (OpenAPI docs at /docs) for one loaded model. "
         "Requests run one at a time from a bounded queue; a full queue answers HTTP 429. "
         "Binds to 127.0.0.1 unless --host says otherwise. Needs the 'serve' extra: pip install 'unclip[serve]'.",

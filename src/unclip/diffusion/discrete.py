@@ -331,13 +331,17 @@ def sample(
     device: torch.device | str = "cpu",
     callback: Optional[Callable[[int, torch.Tensor], None]] = None,
     timesteps: Optional[list[int]] = None,
+    known: Optional[torch.Tensor] = None,
+    keep: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Ancestral sampling x_T = all [MASK] → x_0 with p_θ(x_{t-1}|x_t) (Eq. 11). Returns codes [B,N].
 
     ``generator``: one torch.Generator or one per row. ``timesteps`` (from ``respace``) maps each
-    step of ``schedule`` to the timestep the network was trained on. ``callback(t, x_t)`` after each step."""
+    step of ``schedule`` to the timestep the network was trained on. ``callback(t, x_t)`` after each step.
+    ``known`` codes [B,N] where ``keep`` [B,N] is True are fixed from x_T on and after every step
+    (VQ-Diffusion's inpainting, Gu et al. 2022: known tokens stay, the reverse process fills the rest)."""
     K = schedule.num_codes
-    x = torch.full(shape, K, dtype=torch.long, device=device)
+    x = _fix(torch.full(shape, K, dtype=torch.long, device=device), known, keep)
     for step in range(schedule.num_steps, 0, -1):
         t = torch.full((shape[0],), step, dtype=torch.long, device=device)
         t_model = t if timesteps is None else torch.full_like(t, timesteps[step])
@@ -346,9 +350,17 @@ def sample(
             x = _gumbel_sample(log_p0, generator)
         else:
             x = _gumbel_sample(log_posterior(log_p0, x, t, schedule), generator)
+        x = _fix(x, known, keep)
         if callback is not None:
             callback(step, x)
     return x
+
+
+def _fix(x: torch.Tensor, known: Optional[torch.Tensor], keep: Optional[torch.Tensor]) -> torch.Tensor:
+    """x [B,N] with the ``known`` codes where ``keep`` is True (fixed-token inpainting), else x."""
+    if known is None or keep is None:
+        return x
+    return torch.where(keep.to(x.device), known.to(x.device, x.dtype), x)
 
 
 def sample_purity(
@@ -361,16 +373,18 @@ def sample_purity(
     generator=None,
     device: torch.device | str = "cpu",
     callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+    known: Optional[torch.Tensor] = None,
+    keep: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Purity-prior sampling (Tang et al. 2022, Sec. 3.3): a masking-only reverse process that
     at each step reveals the still-masked tokens with the highest purity max_k p_θ(x_0=k|x_t).
 
     The number of revealed tokens follows the schedule's 1 - γ̄_t on ``num_steps`` steps
-    (default T). Returns codes [B,N]."""
+    (default T). Returns codes [B,N]. ``known``/``keep`` as in ``sample``: fixed tokens start revealed."""
     K = schedule.num_codes
     B, N = shape
     steps = num_steps or schedule.num_steps
-    x = torch.full(shape, K, dtype=torch.long, device=device)
+    x = _fix(torch.full(shape, K, dtype=torch.long, device=device), known, keep)
     gamma_bar = schedule.log_gamma_bar.exp().cpu()
     for i in range(steps, 0, -1):
         t_model = max(1, round(i * schedule.num_steps / steps))

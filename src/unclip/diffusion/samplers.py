@@ -18,6 +18,10 @@ the new sample and the predicted x0 of that step.
 * ``ddim``   Song et al. 2021 eq. 12 with eta (eta = 0: deterministic).
 * ``dpm++2m`` DPM-Solver++(2M), Lu et al. 2022 Alg. 2 (data prediction, multistep).
 * ``ddim_invert`` deterministic DDIM run backwards, x_0 -> x_T (Song et al. 2021 §4.3).
+* ``sdedit_start`` noises a clean sample to a point of the grid (SDEdit, Meng et al. 2022); every
+             sampler's ``start_step`` then runs only the rest of the grid (image-to-image).
+* ``repaint_sample`` / ``inpaint`` RePaint (Lugmayr et al. 2022): a known region is held to the
+             forward-noised original at every step, with resampling jumps (training-free inpainting).
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ __all__ = [
     "ddim_sample",
     "ddim_invert",
     "dpmpp_2m_sample",
+    "ddim_step",
+    "sdedit_start",
+    "repaint_sample",
+    "inpaint",
     "sample",
 ]
 
@@ -82,11 +90,21 @@ def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+def _grid(diffusion: GaussianDiffusion, steps: int | None, spacing: str, start_step: int) -> list[int]:
+    """The descending grid of ``steps`` and ``spacing`` from index ``start_step`` on (SDEdit skips the start)."""
+    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
+    if not 0 <= start_step <= len(timesteps):
+        raise UnclipError(f"start_step must be in [0, {len(timesteps)}] (the grid's steps), got {start_step}")
+    return timesteps[start_step:]
+
+
 def _denoise(model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusion, timesteps: list[int],
              update: Callable[[int, torch.Tensor, Prediction, float, float], torch.Tensor], *,
              callback: Callback | None, model_kwargs: Mapping[str, Any] | None, clip_denoised: bool,
              dynamic_threshold: float | None) -> torch.Tensor:
-    """The loop DDPM and DDIM share: predict at each timestep, then ``update(i, x, pred, a_t, a_prev)``."""
+    """The loop DDPM and DDIM share: predict at each timestep, then ``update(i, x, pred, a_t, a_prev)``.
+
+    An empty grid (SDEdit at strength 0) returns ``x_T`` unchanged."""
     alpha_bars = _alpha_bars(diffusion, timesteps)
     x = x_T
     for i, t in enumerate(timesteps):
@@ -111,16 +129,18 @@ def ddpm_sample(
     model_kwargs: Mapping[str, Any] | None = None,
     clip_denoised: bool = False,
     dynamic_threshold: float | None = None,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """Ancestral sampling (Ho 2020 Alg. 2) on the respaced process.
 
     x_{i+1} = c0 x0 + c1 x_i + sigma z with respaced beta_i = 1 - a_i / a_{i+1}
     (posterior mean, Ho 2020 eq. 7); sigma^2 = beta~_i, or the learned
     interpolation exp(v log beta_i + (1 - v) log beta~_i) (Nichol & Dhariwal eq. 15).
-    No noise is added on the last step.
+    No noise is added on the last step. ``start_step`` (every sampler): begin at that index of the
+    grid, from an ``x_T`` noised to its timestep (``sdedit_start``).
     """
-    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
-    betas = respaced_betas(diffusion.alphas_cumprod, timesteps).tolist()
+    timesteps = _grid(diffusion, steps, spacing, start_step)
+    betas = respaced_betas(diffusion.alphas_cumprod, timesteps).tolist() if timesteps else []
 
     def update(i: int, x: torch.Tensor, pred: Prediction, a_t: float, a_prev: float) -> torch.Tensor:
         beta = betas[i]
@@ -142,6 +162,16 @@ def ddpm_sample(
                     clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
 
 
+def ddim_step(pred: Prediction, a_t: float, a_prev: float, *, eta: float = 0.0,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """One DDIM update (Song et al. 2021 eq. 12) from alpha_bar ``a_t`` to ``a_prev``:
+    x_prev = sqrt(a') x0 + sqrt(1 - a' - s^2) eps + s z, s = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a').
+    eta = 1 is DDPM's posterior (fixed small variance), eta = 0 deterministic."""
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    x = math.sqrt(a_prev) * pred.x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * pred.eps
+    return x + sigma * _randn(x, generator) if sigma > 0 else x
+
+
 @torch.no_grad()
 def ddim_sample(
     model_fn: ModelFn,
@@ -156,18 +186,15 @@ def ddim_sample(
     model_kwargs: Mapping[str, Any] | None = None,
     clip_denoised: bool = False,
     dynamic_threshold: float | None = None,
+    start_step: int = 0,
 ) -> torch.Tensor:
-    """DDIM (Song et al. 2021 eq. 12): x_prev = sqrt(a') x0 + sqrt(1 - a' - s^2) eps + s z,
-    s = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a'). eta = 1 is DDPM-like, eta = 0 deterministic.
-    """
+    """DDIM (Song et al. 2021 eq. 12), one ``ddim_step`` per grid timestep."""
     if eta < 0:
         raise UnclipError(f"eta must be >= 0, got {eta}")
-    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
+    timesteps = _grid(diffusion, steps, spacing, start_step)
 
     def update(i: int, x: torch.Tensor, pred: Prediction, a_t: float, a_prev: float) -> torch.Tensor:
-        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        x = math.sqrt(a_prev) * pred.x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * pred.eps
-        return x + sigma * _randn(x, generator) if sigma > 0 else x
+        return ddim_step(pred, a_t, a_prev, eta=eta, generator=generator)
 
     return _denoise(model_fn, x_T, diffusion, timesteps, update, callback=callback, model_kwargs=model_kwargs,
                     clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
@@ -222,6 +249,7 @@ def dpmpp_2m_sample(
     model_kwargs: Mapping[str, Any] | None = None,
     clip_denoised: bool = False,
     dynamic_threshold: float | None = None,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), in VP form.
 
@@ -233,7 +261,7 @@ def dpmpp_2m_sample(
     ``generator`` is unused (the solver is deterministic) and kept for a uniform signature.
     """
     del generator
-    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
+    timesteps = _grid(diffusion, steps, spacing, start_step)
     alpha_bars = _alpha_bars(diffusion, timesteps)
     total = len(timesteps)
     x = x_T
@@ -262,6 +290,85 @@ def dpmpp_2m_sample(
     return x
 
 
+def sdedit_start(x_0: torch.Tensor, noise: torch.Tensor, diffusion: GaussianDiffusion, *, steps: int | None,
+                 spacing: str = "trailing", strength: float) -> tuple[torch.Tensor, int]:
+    """SDEdit (Meng et al. 2022, §3): perturb a clean sample to ``strength`` of the way along the grid.
+
+    The last round(strength · N) of the N grid steps are run, from ``start_step`` = N - round(strength · N):
+    x = sqrt(a) x_0 + sqrt(1 - a) noise at a = alpha_bar[timesteps[start_step]]. ``strength`` = 0 runs no
+    step and returns x_0 itself; 1 starts from ``noise`` alone, exactly as plain sampling does (the first
+    grid timestep's alpha_bar is ~0 anyway). Returns (x, start_step) for any sampler's ``start_step``.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise UnclipError(f"strength must be in [0, 1], got {strength}")
+    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
+    start_step = len(timesteps) - round(strength * len(timesteps))
+    if start_step == len(timesteps):
+        return x_0, start_step
+    if start_step == 0:
+        return noise, start_step
+    a = float(diffusion.alphas_cumprod[timesteps[start_step]])
+    return math.sqrt(a) * x_0 + math.sqrt(1 - a) * noise, start_step
+
+
+@torch.no_grad()
+def repaint_sample(
+    model_fn: ModelFn,
+    x_T: torch.Tensor,
+    diffusion: GaussianDiffusion,
+    *,
+    known: torch.Tensor,
+    mask: torch.Tensor,
+    resample: int = 3,
+    steps: int | None = 50,
+    spacing: str = "trailing",
+    eta: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    clip_denoised: bool = False,
+    dynamic_threshold: float | None = None,
+) -> torch.Tensor:
+    """RePaint (Lugmayr et al. 2022, Alg. 1) on the respaced grid, with ``ddim_step`` as the reverse step.
+
+    ``known`` [B, C, H, W] is the clean sample to keep and ``mask`` [B or 1, 1, H, W] is 1 where to
+    regenerate, 0 where to keep. Each step t -> t' merges the two halves (eq. 8):
+    x_t' = m · ddim_step(x_t) + (1 - m) · (sqrt(a') known + sqrt(1 - a') z). ``resample`` = U: all but the
+    last of U passes push the merged x_t' back to t with the forward process (eq. 9, jump length 1),
+    x_t = sqrt(a / a') x_t' + sqrt(1 - a / a') z, and denoise it again, so the new region agrees with the
+    kept one. The last step lands on a' = 1, where the kept region is ``known`` exactly (and is not
+    resampled). ``eta`` = 1 is the paper's DDPM step (fixed small variance); lower values are DDIM's.
+    Costs U model calls per step but the last.
+    """
+    if resample < 1:
+        raise UnclipError(f"resample must be >= 1, got {resample}")
+    if eta < 0:
+        raise UnclipError(f"eta must be >= 0, got {eta}")
+    timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
+    alpha_bars = _alpha_bars(diffusion, timesteps)
+    mask = mask.to(x_T.dtype)
+    keep = 1 - mask  # the merge m·x + (1 - m)·known is exact for a {0, 1} mask
+
+    def noised_known(a: float) -> torch.Tensor:
+        return known if a >= 1.0 else math.sqrt(a) * known + math.sqrt(1 - a) * _randn(known, generator)
+
+    x = mask * x_T + keep * noised_known(alpha_bars[0])
+    for i, t in enumerate(timesteps):
+        a_t, a_prev = alpha_bars[i], alpha_bars[i + 1]
+        passes = resample if i < len(timesteps) - 1 else 1  # no jump back from the clean sample
+        for jump in range(passes):
+            pred = predict(model_fn, diffusion, x, t, model_kwargs=model_kwargs,
+                           clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
+            x_prev = ddim_step(pred, a_t, a_prev, eta=eta, generator=generator)
+            x_prev = mask * x_prev + keep * noised_known(a_prev)
+            if jump < passes - 1:
+                x = math.sqrt(a_t / a_prev) * x_prev + math.sqrt(1 - a_t / a_prev) * _randn(x_prev, generator)
+        x = x_prev
+        if callback is not None:
+            callback(i, len(timesteps), x, pred.x0)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddpm": ddpm_sample,
     "ddim": ddim_sample,
@@ -280,3 +387,16 @@ def sample(name: str, model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianD
         raise UnclipError(f"eta applies only to the 'ddim' sampler, not {name!r}")
     kwargs = {k: v for k, v in kwargs.items() if not (k == "eta" and name != "ddim")}
     return SAMPLERS[name](model_fn, x_T, diffusion, **kwargs)
+
+
+def inpaint(name: str, model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusion, *, eta: float = 0.0,
+            **kwargs: Any) -> torch.Tensor:
+    """``repaint_sample`` with the reverse step of sampler ``name``: "ddim" at its ``eta``, "ddpm" as
+    DDIM at eta = 1 (the same posterior). "dpm++2m" is a multistep solver whose history the jumps
+    break, so it is refused."""
+    if name not in SAMPLERS:
+        raise UnclipError(f"unknown sampler {name!r} (choose from: {', '.join(SAMPLERS)})")
+    if name == "dpm++2m":
+        raise UnclipError("inpainting (RePaint) steps one timestep at a time, which the multistep dpm++2m cannot; "
+                          "use sampler ddim or ddpm")
+    return repaint_sample(model_fn, x_T, diffusion, eta=1.0 if name == "ddpm" else eta, **kwargs)

@@ -108,7 +108,7 @@ class ClipVQPipeline:
     def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
                  num_images_per_prompt: int = 1, seed: int | Sequence[int] | torch.Generator | None = None,
                  callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
-                 batch_size: int = 32, **settings: Any) -> PipelineOutput:
+                 batch_size: int = 32, style: str | None = None, **settings: Any) -> PipelineOutput:
         """Generate ``num_images_per_prompt`` images per prompt.
 
         ``settings``: ``steps`` (alias ``decoder_steps``), ``guidance_scale`` (alias ``decoder_guidance``),
@@ -116,10 +116,12 @@ class ClipVQPipeline:
         ``unclip.precision``). ``callback("decoder", step, total, codes)`` after every step.
         diffusers' names (``generator``, ``num_inference_steps``, ``callback_on_step_end``, ``return_dict``,
         ``output_type="latent"``: the token codes [N, seq_len]) are accepted too (``diffusers_compat``).
+        ``style`` (e.g. "fluent"): each prompt becomes that style's caption (``unclip.pipelines.style``).
         """
+        from unclip.pipelines.style import styled_prompts
         from unclip.pipelines.unclip import make_seeds
 
-        prompts = check_captions(prompts)
+        prompts = styled_prompts(check_captions(prompts), style)
         if not 1 <= num_images_per_prompt <= 256:
             raise UnclipError(f"num_images_per_prompt must be in [1, 256], got {num_images_per_prompt}")
         if negative_prompt is not None and not str(negative_prompt).strip():
@@ -141,7 +143,7 @@ class ClipVQPipeline:
             bar.close()
         images = torch.cat(images)
         info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
-                "stages": {"decoder": s}, "model": self.name, "condition": self.condition}
+                "stages": {"decoder": s}, "model": self.name, "condition": self.condition, "style": style}
         return PipelineOutput(images=_format(check_finite(images, self.name), output_type), seeds=seeds,
                               prompts=image_prompts, settings=info)
 
@@ -158,7 +160,8 @@ class ClipVQPipeline:
             uncond = F.normalize(neg, dim=-1).to(self.device).expand(len(prompts), -1)
         return cond, uncond
 
-    def _sample(self, seeds, cond, uncond, s, callback, bar) -> torch.Tensor:
+    def _sample(self, seeds, cond, uncond, s, callback, bar, known=None, keep=None) -> torch.Tensor:
+        """Images [B,3,H,W] for one batch; ``known`` codes [B,N] are fixed where ``keep`` (inpainting)."""
         device = self.device
         generators = [torch.Generator(device).manual_seed(int(x)) for x in seeds]
         net = self.transformer
@@ -181,12 +184,20 @@ class ClipVQPipeline:
         schedule = self.schedule.to(device)
         if s["sampler"] == "purity":
             codes = discrete.sample_purity(model_fn, shape, schedule, num_steps=total, truncation=s["truncation"],
-                                           generator=generators, device=device, callback=on_step)
+                                           generator=generators, device=device, callback=on_step, known=known,
+                                           keep=keep)
         else:
             fast, timesteps = discrete.respace(schedule, total)
             codes = discrete.sample(model_fn, shape, fast, truncation=s["truncation"], generator=generators,
-                                    device=device, callback=on_step, timesteps=timesteps)
+                                    device=device, callback=on_step, timesteps=timesteps, known=known, keep=keep)
         return self.vq.decode(codes).float() if s.get("to_pixels", True) else codes
+
+    # --- edits (implemented in unclip.pipelines.edits) ---------------------------------
+    def inpaint(self, image, mask, prompt: str | None = None, **kwargs) -> PipelineOutput:
+        """Fixed-token inpainting: the VQ codes outside ``mask`` stay, the transformer fills the rest."""
+        from unclip.pipelines.edits import inpaint_clipvq
+
+        return inpaint_clipvq(self, image, mask, prompt, **kwargs)
 
     # --- save / load -------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

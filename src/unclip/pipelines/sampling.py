@@ -4,6 +4,9 @@ unCLIP §2.2: the decoder P(x | z_i, y) is sampled with classifier-free guidance
 eq. 6) whose unconditional branch uses the learned null CLIP embedding and null caption (or, with a
 negative prompt, the negative caption's text tokens); the upsamplers are unguided and take the low-res
 image. These functions build the keyword arguments the ``UNet`` expects and call a pure sampler.
+
+Edits (``unclip.pipelines.edits``) pass ``start_step`` (SDEdit: run only the end of the grid) or
+``known`` + ``mask`` (+ ``resample``) for RePaint inpainting; see ``unclip.diffusion.samplers``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 
 from unclip.diffusion.gaussian import GaussianDiffusion
 from unclip.diffusion.guidance import classifier_free_guidance
-from unclip.diffusion.samplers import SAMPLERS, sample
+from unclip.diffusion.samplers import SAMPLERS, inpaint, sample
 from unclip.errors import UnclipError
 from unclip.models.unet import UNet
 
@@ -93,13 +96,17 @@ def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tenso
                    text=None, negative_text=None, guidance_scale: float = 3.0, sampler: str = "ddim",
                    steps: int = 25, eta: float = 0.0, generator: torch.Generator | None = None,
                    callback: Callable | None = None, channels_last: bool = False,
-                   spacing: str = "trailing", clip_denoised: bool = True) -> torch.Tensor:
+                   spacing: str = "trailing", clip_denoised: bool = True, start_step: int = 0,
+                   known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                   resample: int = 1) -> torch.Tensor:
     """x_T [B, C, H, W] → samples [B, C, H, W], guided by ``guidance_scale`` (1 = unguided).
 
     ``spacing`` picks the timestep grid (``unclip.diffusion.schedule.sampling_timesteps``).
     ``clip_denoised``: pixel decoders clip x0 (and the result) to [-1, 1]; a latent decoder passes False.
 
     ``channels_last`` runs the UNet on NHWC activations (same result, another speed; see ``fast_layout``).
+    Edits: ``start_step`` (SDEdit), or ``known`` [B, C, H, W] + ``mask`` [B, 1, H, W] (1 = regenerate) +
+    ``resample`` for RePaint (module docstring).
     """
     check_sampler(sampler, eta)
     x_T = _layout(x_T, channels_last)
@@ -107,27 +114,31 @@ def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tenso
                                   negative_text=negative_text)
     model_fn = classifier_free_guidance(decoder, guidance_scale, uncond,
                                         learn_variance=diffusion.config.learn_variance) if uncond else decoder
-    out = sample(sampler, model_fn, x_T, diffusion, steps=steps, spacing=spacing, eta=eta, generator=generator,
-                 callback=callback, model_kwargs=cond, clip_denoised=clip_denoised)
+    out = _sample(sampler, model_fn, x_T, diffusion, (start_step, known, mask, resample), channels_last,
+                  steps=steps, spacing=spacing, eta=eta, generator=generator, callback=callback, model_kwargs=cond,
+                  clip_denoised=clip_denoised)
     return (out.clamp(-1, 1) if clip_denoised else out).contiguous()
 
 
 def sample_upsampler(upsampler: UNet, diffusion: GaussianDiffusion, low_res: torch.Tensor, x_T: torch.Tensor, *,
                      noise_level: int = 0, sampler: str = "ddim", steps: int = 25, eta: float = 0.0,
                      generator: torch.Generator | None = None, callback: Callable | None = None,
-                     channels_last: bool = False, spacing: str = "trailing",
-                     anchor_low_res: bool = False) -> torch.Tensor:
+                     channels_last: bool = False, spacing: str = "trailing", start_step: int = 0,
+                     known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                     resample: int = 1, anchor_low_res: bool = False) -> torch.Tensor:
     """Upsample ``low_res`` [B, 3, h, w] given noise x_T [B, 3, H, W] → [B, 3, H, W] in [-1, 1] (unguided).
 
-    ``anchor_low_res`` replaces the output's low frequencies by the input's (``anchor_to_low_res``).
+    Edits as ``sample_decoder``'s, at the high resolution. ``anchor_low_res`` replaces the output's low
+    frequencies by the input's (``anchor_to_low_res``).
     """
     check_sampler(sampler, eta)
     x_T = _layout(x_T, channels_last)
     kwargs: dict[str, Any] = {"low_res": _layout(low_res.to(x_T.device, x_T.dtype), channels_last)}
     if upsampler.config.noise_level_cond:
         kwargs["noise_level"] = torch.full((x_T.shape[0],), int(noise_level), device=x_T.device)
-    out = sample(sampler, upsampler, x_T, diffusion, steps=steps, spacing=spacing, eta=eta, generator=generator,
-                 callback=callback, model_kwargs=kwargs, clip_denoised=True)
+    out = _sample(sampler, upsampler, x_T, diffusion, (start_step, known, mask, resample), channels_last,
+                  steps=steps, spacing=spacing, eta=eta, generator=generator, callback=callback,
+                  model_kwargs=kwargs, clip_denoised=True)
     if anchor_low_res:
         out = anchor_to_low_res(out.float(), low_res.to(out.device).float())
     return out.clamp(-1, 1).contiguous()
@@ -145,6 +156,19 @@ def anchor_to_low_res(high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     size = low.shape[-2:]
     down = F.interpolate(high, size=size, mode="area")
     return high + F.interpolate(low - down, size=high.shape[-2:], mode="bicubic", align_corners=False)
+
+
+def _sample(sampler: str, model_fn, x_T: torch.Tensor, diffusion: GaussianDiffusion, edit: tuple,
+            channels_last: bool, **kwargs: Any) -> torch.Tensor:
+    """A plain sampler run (from ``start_step``), or RePaint when the edit holds a ``mask``."""
+    start_step, known, mask, resample = edit
+    if mask is None:
+        return sample(sampler, model_fn, x_T, diffusion, start_step=start_step, **kwargs)
+    if start_step or known is None:
+        raise UnclipError("inpainting needs the known sample beside its mask, and runs the whole grid (no start_step)")
+    known = _layout(known.to(x_T.device, x_T.dtype), channels_last)
+    return inpaint(sampler, model_fn, x_T, diffusion, known=known, mask=mask.to(x_T.device, x_T.dtype),
+                   resample=resample, **kwargs)
 
 
 def fast_layout(stage: str, precision: str, device) -> bool:

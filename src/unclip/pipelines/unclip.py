@@ -87,7 +87,7 @@ class Component:
         return self.autoencoder is not None
 
     def to_pixels(self, samples: torch.Tensor) -> torch.Tensor:
-        return samples if self.autoencoder is None else self.autoencoder.decode(samples.float())
+        return samples if self.autoencoder is None else self.autoencoder.decode(samples.float()).float()
 
     def from_pixels(self, images: torch.Tensor) -> torch.Tensor:
         return images if self.autoencoder is None else self.autoencoder.encode(images.float())
@@ -245,7 +245,8 @@ class UnCLIPPipeline:
     def __call__(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
                  num_images_per_prompt: int = 1, seed: int | Sequence[int] | torch.Generator | None = None,
                  callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
-                 batch_size: int = 16, image_embed_source: str = "prior", **stage_settings: Any) -> PipelineOutput:
+                 batch_size: int = 16, image_embed_source: str = "prior", style: str | None = None,
+                 **stage_settings: Any) -> PipelineOutput:
         """Generate ``num_images_per_prompt`` images per prompt.
 
         ``stage_settings``: ``prior_steps``, ``decoder_steps``, ``upsampler_steps``, ``prior_guidance``,
@@ -257,8 +258,13 @@ class UnCLIPPipeline:
         ``image_embed_source``: ``"prior"``, ``"text"`` or ``"none"`` (see the module docstring).
         diffusers' names (``generator``, ``num_inference_steps``, ``callback_on_step_end``, ``return_dict``,
         ``output_type="latent"``, ...) are accepted too: ``unclip.pipelines.diffusers_compat``.
+        ``style`` (e.g. "fluent"): each prompt becomes that style's caption (``unclip.pipelines.style``).
         """
         prompts = check_captions(prompts)
+        if style is not None:
+            from unclip.pipelines.style import styled_prompts
+
+            prompts = styled_prompts(prompts, style)
         if negative_prompt is not None and not str(negative_prompt).strip():
             negative_prompt = None
         if not 1 <= num_images_per_prompt <= 256:
@@ -277,7 +283,7 @@ class UnCLIPPipeline:
             images = self._run(seeds, noise, settings, callback, progress, batch_size, text=text, negative=negative,
                                image_embed=image_embed)
         info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
-                "stages": settings, "model": self.name, "image_embed_source": image_embed_source}
+                "stages": settings, "model": self.name, "image_embed_source": image_embed_source, "style": style}
         return PipelineOutput(images=self.format(check_finite(images, self.name), output_type), seeds=seeds,
                               prompts=image_prompts, settings=info)
 
@@ -322,10 +328,13 @@ class UnCLIPPipeline:
         return out
 
     def _run(self, seeds, noise, settings, callback, progress, batch_size, *, text=None, negative=None,
-             image_embed: torch.Tensor | None = None) -> torch.Tensor:
-        """Sample all images → [N, 3, S, S] in [-1, 1], batched unless a sampler is stochastic."""
+             image_embed: torch.Tensor | None = None, edit=None) -> torch.Tensor:
+        """Sample all images → [N, 3, S, S] in [-1, 1], batched unless a sampler is stochastic.
+
+        ``edit`` (``unclip.pipelines.edits``): extra sampler arguments per stage and group of images."""
         n = len(seeds)
-        stochastic = any(is_stochastic(v["sampler"], v["eta"]) for v in settings.values())
+        stochastic = any(is_stochastic(v["sampler"], v["eta"]) for v in settings.values()) or (
+            edit is not None and edit.stochastic)
         groups = [[i] for i in range(n)] if stochastic else [list(range(i, min(n, i + batch_size)))
                                                             for i in range(0, n, batch_size)]
         bars = {stage: tqdm(total=v["steps"] * len(groups), desc=stage, disable=not progress, leave=False)
@@ -334,13 +343,17 @@ class UnCLIPPipeline:
         try:
             for group in groups:
                 outputs.append(self._run_group(group, noise, settings, bars, callback, text=text, negative=negative,
-                                               image_embed=image_embed, stochastic=stochastic))
+                                               image_embed=image_embed, stochastic=stochastic, edit=edit))
         finally:
             for bar in bars.values():
                 bar.close()
         return torch.cat(outputs)
 
-    def _run_group(self, group, noise, settings, bars, callback, *, text, negative, image_embed, stochastic):
+    def _run_group(self, group, noise, settings, bars, callback, *, text, negative, image_embed, stochastic,
+                   edit=None):
+        def extra(stage: str) -> dict:  # an edit's sampler arguments for this group (unclip.pipelines.edits)
+            return edit.stage_kwargs(stage, group) if edit is not None else {}
+
         generator = noise["generators"][group[0]] if stochastic else None
         pick = lambda enc: None if enc is None else _select(enc, group)  # noqa: E731
         text_g, negative_g = pick(text), pick(negative)
@@ -363,7 +376,8 @@ class UnCLIPPipeline:
                 image_embed=z, text=text_g, negative_text=negative_g, guidance_scale=s["guidance_scale"],
                 sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator, spacing=s["spacing"],
                 callback=_stage_callback("decoder", bars.get("decoder"), callback),
-                channels_last=fast_layout("decoder", s["precision"], self.device), clip_denoised=not self.decoder.latent)
+                channels_last=fast_layout("decoder", s["precision"], self.device),
+                clip_denoised=not self.decoder.latent, **extra("decoder"))
             if s.get("to_pixels", True):
                 x = self.decoder.to_pixels(x)
         if self.upsampler is not None and "upsampler" in settings:
@@ -376,7 +390,8 @@ class UnCLIPPipeline:
                                      spacing=s["spacing"],
                                      callback=_stage_callback("upsampler", bars.get("upsampler"), callback),
                                      channels_last=fast_layout("upsampler", s["precision"], self.device),
-                                     anchor_low_res=bool(self.upsampler.info.get("anchor_low_res", False)))
+                                     anchor_low_res=bool(self.upsampler.info.get("anchor_low_res", False)),
+                                     **extra("upsampler"))
         return x
 
     @staticmethod
@@ -409,6 +424,22 @@ class UnCLIPPipeline:
 
         return text_diff(self, image, from_caption, to_caption, num_frames=num_frames, seed=seed,
                          callback=callback, **kwargs)
+
+    # --- edits (image-to-image, inpainting, style); implemented in unclip.pipelines.edits / .style ----
+    def img2img(self, image, prompt: str | None = None, *, strength: float = 0.6, **kwargs) -> PipelineOutput:
+        from unclip.pipelines.edits import img2img
+
+        return img2img(self, image, prompt, strength=strength, **kwargs)
+
+    def inpaint(self, image, mask, prompt: str | None = None, **kwargs) -> PipelineOutput:
+        from unclip.pipelines.edits import inpaint
+
+        return inpaint(self, image, mask, prompt, **kwargs)
+
+    def restyle(self, image, style: str, **kwargs) -> PipelineOutput:
+        from unclip.pipelines.style import restyle
+
+        return restyle(self, image, style, **kwargs)
 
     # --- save / load ---------------------------------------------------------------
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:

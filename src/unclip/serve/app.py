@@ -1,7 +1,7 @@
 """The FastAPI application: a small page plus a JSON API over one shared pipeline.
 
 ``create_app(pipeline, model_ref=..., config=ServeConfig())`` returns an app
-whose every operation (generate, variations, interpolate, text-diff) is a job
+whose every operation (generate, variations, interpolate, text-diff, img2img, inpaint) is a job
 on one bounded queue served by one worker thread (``unclip.serve.jobs``).
 ``?wait=true`` (the default) answers with the finished result; ``?wait=false``
 answers 202 with a job to poll at ``GET /api/jobs/{id}`` (the page does this to
@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from unclip import __version__
 from unclip.errors import UnclipError
 from unclip.limits import MAX_IMAGES
+from unclip.pipelines.edits import DEFAULT_RESAMPLE, DEFAULT_STRENGTH, MAX_RESAMPLE
 from unclip.serve.backend import Backend, Result, Sampling, ServablePipeline
 from unclip.serve.config import ServeConfig
 from unclip.serve.images import b64, decode_upload
@@ -67,9 +68,9 @@ def create_app(pipeline: ServablePipeline, *, model_ref: str = "model", config: 
     # docs_url=None: FastAPI's Swagger UI loads from a CDN; /docs is our own offline page over /openapi.json
     app = FastAPI(title="unclip", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-image on CLIP latents (unCLIP, arXiv 2204.06125): generation, "
-                  "variations, interpolations and text diffs. Every result carries its seeds and the "
-                  "equivalent `unclip` command. The ranges below are hard limits; each server sets tighter ones "
-                  "(GET /api/info, `limits`).")
+                  "variations, interpolations, text diffs, image-to-image and inpainting. Every result carries "
+                  "its seeds and the equivalent `unclip` command. The ranges below are hard limits; each server "
+                  "sets tighter ones (GET /api/info, `limits`).")
     app.state.queue, app.state.backend, app.state.config = queue, backend, config
     _install_error_handlers(app)
     _install_body_limit(app, config)
@@ -95,11 +96,14 @@ def _add_info_routes(app: FastAPI, backend: Backend, config: ServeConfig, queue:
 
     @app.get("/api/info", summary="The model, its stages and defaults, and the server's limits")
     def info():
-        return {"version": __version__, **backend.info(), "limits": config.public(), "queue": queue.stats()}
+        return {"version": __version__, **backend.info(), "limits": config.public(), "queue": queue.stats(),
+                "edit_defaults": {"strength": DEFAULT_STRENGTH, "resample": DEFAULT_RESAMPLE,
+                                  "max_resample": MAX_RESAMPLE}}
 
 
 def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, queue: JobQueue) -> None:
-    """generate (unCLIP §2), variations (§3.1), interpolate (§3.2), text-diff (§3.3): each one job."""
+    """generate (unCLIP §2), variations (§3.1), interpolate (§3.2), text-diff (§3.3), img2img (SDEdit) and
+    inpaint (RePaint / fixed VQ tokens): each one job."""
     decoding = asyncio.Semaphore(DECODERS)
 
     @app.post("/api/generate", summary="Text to images", responses=ERRORS, response_model=JobOut)
@@ -157,6 +161,51 @@ def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, q
         name = _file_name(image, "image.png")
         job = _submit(queue, "text-diff", lambda report: backend.text_diff(picture, source, target, num_frames,
                                                                           sampling, report, image_name=name))
+        return await _answer(queue, job, wait)
+
+    @app.post("/api/img2img", summary="Edit an uploaded image towards a caption (SDEdit, Meng et al. 2022)",
+              responses=ERRORS, response_model=JobOut)
+    async def img2img(image: UploadFile = File(...),
+                      prompt: str = Form("", max_length=2000, description="the new caption; empty: the image's own "
+                                         "CLIP embedding"),
+                      strength: float = Form(DEFAULT_STRENGTH, ge=0, le=1, description="0 keeps the image, 1 "
+                                             "ignores it"),
+                      num_images: int = Form(1, ge=1, le=MAX_IMAGES), sampling_in: SamplingIn = Depends(_sampling_form),
+                      wait: bool = Query(True, description=WAIT_HELP)):
+        caption = _check_text(config, prompt, "prompt") if prompt.strip() else None
+        _check_count(config.max_images, num_images, "num_images")
+        sampling = _sampling(config, sampling_in, backend.stages)
+        _refuse_if_full(queue)
+        picture = await _read_image(config, image, "image", decoding)
+        name = _file_name(image, "image.png")
+        job = _submit(queue, "img2img", lambda report: backend.img2img(picture, caption, strength, num_images, sampling,
+                                                                      report, image_name=name))
+        return await _answer(queue, job, wait)
+
+    @app.post("/api/inpaint", summary="Regenerate the white part of a mask (RePaint; fixed VQ tokens)",
+              responses=ERRORS, response_model=JobOut)
+    async def inpaint(image: UploadFile = File(...),
+                      mask: UploadFile = File(..., description="the image's size; white = regenerate, black = keep"),
+                      prompt: str = Form("", max_length=2000, description="caption of the result; empty: the "
+                                         "image's own CLIP embedding"),
+                      num_images: int = Form(1, ge=1, le=MAX_IMAGES),
+                      resample: int | None = Form(None, ge=1, le=MAX_RESAMPLE, description="unCLIP: RePaint passes "
+                                                  "per step (default: the library's)"),
+                      sampling_in: SamplingIn = Depends(_sampling_form),
+                      wait: bool = Query(True, description=WAIT_HELP)):
+        caption = _check_text(config, prompt, "prompt") if prompt.strip() else None
+        _check_count(config.max_images, num_images, "num_images")
+        sampling = _sampling(config, sampling_in, backend.stages)
+        _refuse_if_full(queue)
+        picture = await _read_image(config, image, "image", decoding)
+        painted = await _read_image(config, mask, "mask", decoding)
+        if painted.size != picture.size:
+            raise ApiError(422, f"mask: {painted.size[0]}x{painted.size[1]} pixels, but the image is "
+                           f"{picture.size[0]}x{picture.size[1]}; paint the mask on the image's own canvas")
+        names = (_file_name(image, "image.png"), _file_name(mask, "mask.png"))
+        job = _submit(queue, "inpaint", lambda report: backend.inpaint(picture, painted, caption, num_images, resample,
+                                                                      sampling, report, image_name=names[0],
+                                                                      mask_name=names[1]))
         return await _answer(queue, job, wait)
 
 

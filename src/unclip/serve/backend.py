@@ -21,6 +21,7 @@ from unclip.errors import UnclipError
 from unclip.serve.images import gif_bytes, png_bytes, strip
 
 Report = Callable[[str, int, int], None]  # (stage, step, total)
+OPERATIONS = ("generate", "variations", "interpolate", "text-diff", "img2img", "inpaint")
 
 
 class PipelineOutputLike(Protocol):
@@ -49,6 +50,9 @@ class ServablePipeline(Protocol):
 
     def text_diff(self, image: Image.Image, from_caption: str, to_caption: str, *, num_frames: int,
                   seed: int, callback: Callable | None, **steps_and_guidance) -> PipelineOutputLike: ...
+
+    # optional edits (unclip.pipelines.edits): img2img(image, prompt, *, strength, num_images, seed, callback, ...),
+    # inpaint(image, mask, prompt, *, num_images, seed, callback, [resample], ...)
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ class Backend:
 
     def supports(self, operation: str) -> bool:
         method = {"generate": "__call__", "variations": "variations", "interpolate": "interpolate",
-                  "text-diff": "text_diff"}[operation]
+                  "text-diff": "text_diff", "img2img": "img2img", "inpaint": "inpaint"}[operation]
         return callable(getattr(self.pipeline, method, None))
 
     def defaults(self) -> dict:
@@ -124,7 +128,7 @@ class Backend:
             "image_size": getattr(self.pipeline, "image_size", None),
             "stages": list(self.stages),
             "defaults": dict(defaults),
-            "operations": [op for op in ("generate", "variations", "interpolate", "text-diff") if self.supports(op)],
+            "operations": [op for op in OPERATIONS if self.supports(op)],
         }
 
     # --- operations --------------------------------------------------------
@@ -180,6 +184,38 @@ class Backend:
         args = ["textdiff", image_name, "--from", from_caption, "--to", to_caption, "--model", self.model_ref,
                 "--frames", str(num_frames)]
         return self._frames(output, sampling, settings, args + _sampling_args(sampling, kwargs), start)
+
+    def img2img(self, image: Image.Image, prompt: str | None, strength: float, num_images: int, sampling: Sampling,
+                report: Report, *, image_name: str = "image.png") -> Result:
+        """SDEdit (``unclip img2img``); without a prompt the image's own CLIP embedding (no prior)."""
+        self._require("img2img")
+        start = time.perf_counter()
+        kwargs = sampling.pipeline_kwargs(self.stages)
+        kwargs = kwargs if prompt else _without_prior(kwargs)
+        output = self.pipeline.img2img(image, prompt, strength=strength, num_images=num_images, seed=sampling.seed,
+                                       callback=_callback(report), progress=False, **kwargs)
+        settings = {"prompt": prompt, "strength": strength, "num_images": num_images, "seed": sampling.seed, **kwargs}
+        args = ["img2img", image_name, *([prompt] if prompt else []), "--model", self.model_ref,
+                "--strength", f"{strength:g}", "--num-images", str(num_images)]
+        return self._result(output, _labels(output, "img2img"), sampling, settings,
+                            args + _sampling_args(sampling, kwargs), start)
+
+    def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str | None, num_images: int,
+                resample: int | None, sampling: Sampling, report: Report, *, image_name: str = "image.png",
+                mask_name: str = "mask.png") -> Result:
+        """Inpainting (``unclip inpaint --mask``): RePaint for unCLIP, fixed tokens for CLIP-VQDiffusion."""
+        self._require("inpaint")
+        start = time.perf_counter()
+        kwargs = sampling.pipeline_kwargs(self.stages)
+        kwargs = kwargs if prompt else _without_prior(kwargs)
+        extra = {"resample": resample} if resample is not None else {}
+        output = self.pipeline.inpaint(image, mask, prompt, num_images=num_images, seed=sampling.seed,
+                                       callback=_callback(report), progress=False, **extra, **kwargs)
+        settings = {"prompt": prompt, "num_images": num_images, "seed": sampling.seed, **extra, **kwargs}
+        args = ["inpaint", image_name, *([prompt] if prompt else []), "--mask", mask_name, "--model", self.model_ref,
+                "--num-images", str(num_images)] + (["--resample", str(resample)] if resample is not None else [])
+        return self._result(output, _labels(output, "inpaint"), sampling, settings,
+                            args + _sampling_args(sampling, kwargs), start)
 
     # --- helpers -------------------------------------------------------------
     def _require(self, operation: str) -> None:

@@ -71,7 +71,7 @@ class ResultOut(BaseModel):
 
 class JobOut(BaseModel):
     job_id: str
-    kind: Literal["generate", "variations", "interpolate", "text-diff"]
+    kind: Literal["generate", "variations", "interpolate", "text-diff", "img2img", "inpaint"]
     status: Literal["queued", "running", "done", "failed", "cancelled", "timeout"]
     position: int = Field(description="jobs ahead of this one (0 when running or next)")
     progress: ProgressOut

@@ -25,7 +25,9 @@ async function loadInfo() {
     $("model-info").textContent = `model: ${info.model} (${info.kind}, stages: ${info.stages.join(" → ")})`;
     const limits = info.limits;
     $("prompt").maxLength = limits.max_prompt_chars;
-    $("num_images").max = $("num_variations").max = limits.max_images;
+    $("num_images").max = $("num_variations").max = $("img2img_count").max = $("inpaint_count").max = limits.max_images;
+    const edits = info.edit_defaults || {};
+    if (edits.strength !== undefined) { $("strength").value = edits.strength; showStrength(); }
     $("interp_frames").max = $("diff_frames").max = limits.max_frames;
     buildStageTable(info.stages, info.defaults || {}, limits);
     for (const button of document.querySelectorAll(".tabs button")) {
@@ -82,6 +84,84 @@ $("prompt").addEventListener("keydown", (event) => {  // Ctrl/Cmd+Enter generate
 
 $("seed-random").addEventListener("click", () => { $("seed").value = "random"; });
 
+$("strength").addEventListener("input", showStrength);
+
+function showStrength() { $("strength_value").textContent = Number($("strength").value).toFixed(2); }
+
+// --- inpainting: a brush on a canvas paints the mask (white = regenerate) ---------
+const brush = { image: null, mask: null, drawing: false, painted: false };
+
+$("inpaint_image").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  brush.image = null;
+  brush.mask = null;
+  $("inpaint_canvas").hidden = true;
+  if (!file) return;
+  const image = new Image();
+  image.onload = () => { brush.image = image; resetMask(); };
+  image.src = URL.createObjectURL(file);
+});
+
+function resetMask() {  // a black mask of the image's own size, so the server can match the two
+  if (!brush.image) return;
+  const view = $("inpaint_canvas");
+  const width = brush.image.naturalWidth, height = brush.image.naturalHeight;
+  brush.mask = document.createElement("canvas");
+  brush.mask.width = view.width = width;
+  brush.mask.height = view.height = height;
+  const ctx = brush.mask.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, width, height);
+  brush.painted = false;
+  view.hidden = false;
+  drawView();
+}
+
+function drawView() {  // the image with the painted region lightened on top
+  const ctx = $("inpaint_canvas").getContext("2d");
+  ctx.globalCompositeOperation = "source-over";
+  ctx.globalAlpha = 1;
+  ctx.drawImage(brush.image, 0, 0);
+  ctx.globalCompositeOperation = "screen";
+  ctx.globalAlpha = 0.65;
+  ctx.drawImage(brush.mask, 0, 0);
+  ctx.globalCompositeOperation = "source-over";
+  ctx.globalAlpha = 1;
+}
+
+function paintAt(event) {
+  const view = $("inpaint_canvas");
+  const rect = view.getBoundingClientRect();
+  const x = (event.clientX - rect.left) * view.width / rect.width;
+  const y = (event.clientY - rect.top) * view.height / rect.height;
+  const radius = Math.max(0.5, Number($("brush_size").value) / 100 * view.width);
+  const ctx = brush.mask.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.beginPath();
+  ctx.arc(x, y, radius, 0, 2 * Math.PI);
+  ctx.fill();
+  brush.painted = true;
+  drawView();
+}
+
+$("inpaint_canvas").addEventListener("pointerdown", (event) => {
+  if (!brush.mask) return;
+  brush.drawing = true;
+  $("inpaint_canvas").setPointerCapture(event.pointerId);
+  paintAt(event);
+});
+$("inpaint_canvas").addEventListener("pointermove", (event) => { if (brush.drawing) paintAt(event); });
+for (const name of ["pointerup", "pointercancel"]) {
+  $("inpaint_canvas").addEventListener(name, () => { brush.drawing = false; });
+}
+$("mask_clear").addEventListener("click", resetMask);
+
+async function maskBlob() {
+  if (!brush.mask) throw new Error("choose an image first");
+  if (!brush.painted) throw new Error("paint the region to regenerate on the image first");
+  return new Promise((resolve) => brush.mask.toBlob(resolve, "image/png"));
+}
+
 // --- building a request -----------------------------------------------------
 function samplingFields() {
   const fields = {};
@@ -102,7 +182,7 @@ function requireFile(id, what) {
   return file;
 }
 
-function buildRequest() {
+async function buildRequest() {
   const sampling = samplingFields();
   if (state.op === "generate") {
     const body = { prompt: $("prompt").value, negative_prompt: $("negative_prompt").value,
@@ -121,11 +201,21 @@ function buildRequest() {
     form.append("image_a", requireFile("image_a", "the first image"));
     form.append("image_b", requireFile("image_b", "the second image"));
     form.append("num_frames", $("interp_frames").value || "5");
-  } else {
+  } else if (state.op === "text-diff") {
     form.append("image", requireFile("diff_image", "an image"));
     form.append("from_caption", $("from_caption").value);
     form.append("to_caption", $("to_caption").value);
     form.append("num_frames", $("diff_frames").value || "5");
+  } else if (state.op === "img2img") {
+    form.append("image", requireFile("img2img_image", "an image"));
+    form.append("prompt", $("img2img_prompt").value);
+    form.append("strength", $("strength").value);
+    form.append("num_images", $("img2img_count").value || "1");
+  } else {
+    form.append("image", requireFile("inpaint_image", "an image"));
+    form.append("mask", await maskBlob(), "mask.png");
+    form.append("prompt", $("inpaint_prompt").value);
+    form.append("num_images", $("inpaint_count").value || "1");
   }
   return { path: `/api/${state.op}`, options: { method: "POST", body: form } };
 }
@@ -136,7 +226,7 @@ $("form").addEventListener("submit", async (event) => {
   if (state.job) return;
   clearOutput();
   let request;
-  try { request = buildRequest(); } catch (error) { showError(error.message); return; }
+  try { request = await buildRequest(); } catch (error) { showError(error.message); return; }
   setBusy(true);
   try {
     const job = await api(`${request.path}?wait=false`, request.options);
@@ -236,9 +326,10 @@ function showResult(result) {
   $("status").textContent += ` in ${result.elapsed_s.toFixed(2)} s (seed ${result.seed})`;
 }
 
-// "use as": send a gallery image to an upload field (variations, interpolation A/B, text diff)
+// "use as": send a gallery image to an upload field (variations, interpolation A/B, text diff, edits)
 const REUSE = [["vary", "variation_image", "variations"], ["A", "image_a", "interpolate"],
-               ["B", "image_b", "interpolate"], ["edit", "diff_image", "text-diff"]];
+               ["B", "image_b", "interpolate"], ["edit", "diff_image", "text-diff"],
+               ["img2img", "img2img_image", "img2img"], ["inpaint", "inpaint_image", "inpaint"]];
 
 function reuseButtons(src, name) {
   const box = document.createElement("div");
