@@ -45,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--metric", default="variation_recognised")
+    parser.add_argument("--chance", default=None, help="a second metric drawn dashed, e.g. variation_chance")
     parser.add_argument("--label", action="append", default=None, help="one per run (default: run dir name)")
     parser.add_argument("--point", action="append", default=[], help="LABEL,HOURS,VALUE reference points")
     parser.add_argument("--out", type=Path, required=True)
@@ -60,7 +61,11 @@ def main() -> None:
         curve = metric_curve(run, args.metric)
         for step, hours, value in curve:
             print(f"{label}\tstep {step}\t{hours:.2f} h\t{args.metric} {value:.3f}")
-        ax.plot([h for _, h, _ in curve], [v for _, _, v in curve], marker="o", label=label)
+        line, = ax.plot([h for _, h, _ in curve], [v for _, _, v in curve], marker="o", label=label)
+        if args.chance:
+            chance = metric_curve(run, args.chance)
+            ax.plot([h for _, h, _ in chance], [v for _, _, v in chance], linestyle="--", color=line.get_color(),
+                    label=f"{label}: {args.chance}")
     for point in args.point:
         label, hours, value = point.rsplit(",", 2)
         ax.scatter([float(hours)], [float(value)], marker="x", s=60, label=label, zorder=3)

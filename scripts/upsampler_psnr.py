@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=32)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--spacing", default="quadratic")
+    parser.add_argument("--grid", default=None, help="also write a PNG: plain, anchored and real rows (4 images)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     from unclip.pipelines.unclip import _component_dir
@@ -45,8 +46,13 @@ def main() -> None:
     with autocast(resolve_precision("auto", "cpu"), "cpu"):
         out = sample_upsampler(up.model, up.diffusion, low, x_T, steps=args.steps, spacing=args.spacing).float()
     bicubic = F.interpolate(low, size=images.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+    anchored = anchor_to_low_res(out, low).clamp(-1, 1)
+    if args.grid:
+        from unclip.pipelines.images import image_grid, save_png, to_pil
+
+        save_png(image_grid(to_pil(out[:4]) + to_pil(anchored[:4]) + to_pil(images[:4]), columns=4), args.grid)
     print(json.dumps({"n": len(images), "steps": args.steps, "psnr": float(psnr(out, images).mean()),
-                      "psnr_anchored": float(psnr(anchor_to_low_res(out, low).clamp(-1, 1), images).mean()),
+                      "psnr_anchored": float(psnr(anchored, images).mean()),
                       "psnr_bicubic": float(psnr(bicubic, images).mean())}, indent=2))
 
 
