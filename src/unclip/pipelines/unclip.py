@@ -13,7 +13,9 @@ branch in every mode, and the prior's noise is drawn in every mode, so one seed 
 Reproducibility: image i gets its own seed ``seeds[i]`` and its own ``torch.Generator``, from which its
 prior, decoder and upsampler starting noise are drawn in that order. With deterministic samplers (DDIM
 eta=0, DPM-Solver++) images are batched; with stochastic ones (DDPM, DDIM eta>0) each image is sampled
-alone with its own generator, so ``seed=seeds[i], num_images_per_prompt=1`` reproduces image i either way.
+alone with its own generator, so ``seed=seeds[i], num_images_per_prompt=1`` gives image i the same starting
+noise either way; the image itself matches up to float rounding (batch size, threads and CPU change the
+last bits; see the README).
 
 Directory layout (``save`` / ``load``): ``pipeline.json`` + ``encoder/``, ``prior/``, ``decoder/``,
 ``upsampler/``; each model folder holds ``model.safetensors`` (config inside) and ``component.json``.
