@@ -43,6 +43,7 @@ def test_log_with_names_are_checked(monkeypatch):
         from_dict(TinyStageConfig, {"train": {"log_with": "tensorboard,neptune"}})
     monkeypatch.setitem(sys.modules, "wandb", None)
     monkeypatch.setitem(sys.modules, "mlflow", None)
+    monkeypatch.setitem(sys.modules, "tensorboard", _module("tensorboard"))  # present or not in this install
     with pytest.raises(UnclipError, match="--log-with wandb needs the wandb package: pip install wandb"):
         parse_log_with("wandb")
     with pytest.raises(UnclipError, match="needs the mlflow package"):
