@@ -176,3 +176,17 @@ def test_webdataset_bad_samples_and_truncated_shard(tmp_path):
     assert any(issubclass(w.category, DataWarning) for w in caught)
     assert any(path.endswith("001.tar") and "truncated" in reason for path, reason in ds.bad.items)
     assert any("caption is not UTF-8" == reason for _, reason in ds.bad.items)
+
+
+def test_captions_jsonl_counts_lines_that_are_not_objects(tmp_path):
+    """A bare number or list in captions.jsonl is a bad line (counted), not a TypeError."""
+    for i in range(2):
+        Image.new("RGB", (8, 8), "red").save(tmp_path / f"{i}.png")
+    (tmp_path / "captions.jsonl").write_text('{"file": "0.png", "caption": "a red square"}\n5\n[1, 2]\n'
+                                             '{"file": "1.png", "caption": "another"}\n')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = open_dataset(tmp_path, split="train")
+        captions = sorted(dataset[i]["caption"] for i in range(len(dataset)))
+    assert captions == ["a red square", "another"]
+    assert any("2" in str(w.message) and "captions.jsonl" in str(w.message) for w in caught)

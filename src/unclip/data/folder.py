@@ -224,17 +224,10 @@ def _csv_rows(path: Path) -> list[tuple[int, dict]]:
 
 def _read_jsonl(path: Path, bad: BadSamples, column: str | None = None) -> dict[str, tuple[str, dict]]:
     table = {}
-    for line_no, raw in enumerate(path.read_bytes().splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            bad.add(f"{path}:{line_no}", "malformed JSON line")
-            continue
+    for line_no, row in _jsonl_rows(path, bad):  # malformed lines and non-objects are counted as bad
         file = _pick(row, ("file", "image", "path"))
         caption = _pick(row, (column,) if column else ("caption", "text"))
-        if not isinstance(row, dict) or not isinstance(file, str):
+        if not isinstance(file, str):
             bad.add(f"{path}:{line_no}", "no 'file' key")
             continue
         extra = {k: v for k, v in row.items() if k not in ("file", "image", "path", column or "caption", "text")}
