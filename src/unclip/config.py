@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
+from unclip.atomic import atomic_write_text
 from unclip.errors import ConfigError
 
 T = TypeVar("T")
@@ -178,6 +179,4 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write a config as indented JSON, atomically."""
-    from unclip.checkpoint import atomic_write_text
-
     atomic_write_text(Path(path), json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")

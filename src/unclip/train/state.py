@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from unclip.checkpoint import _fsync_dir, atomic_write_text, load_tensors, read_metadata, save_tensors
+from unclip.atomic import atomic_write_text, fsync_dir
+from unclip.checkpoint import load_tensors, read_metadata, save_tensors
 from unclip.errors import CheckpointError, OutputError
 
 __all__ = ["TrainState", "Checkpoint", "capture_rng", "restore_rng", "save_checkpoint",
@@ -147,7 +148,7 @@ def save_checkpoint(run_dir: Path, state: TrainState, *, model: dict[str, torch.
         if final.exists():  # an incomplete leftover without state.json
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except OutputError as exc:  # named a file of the hidden temporary folder: name the checkpoint
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(final, exc.cause, "the earlier checkpoints are kept") from None
