@@ -13,7 +13,8 @@ from unclip.config import from_dict, load_config
 from unclip.encoders.base import TextEncoding
 from unclip.encoders.shards import write_embedding_shards
 from unclip.errors import ConfigError, UnclipError
-from unclip.models.prior import DiffusionPrior, PriorConfig, sample_prior, timestep_embedding
+from unclip.models.embeddings import timestep_embedding
+from unclip.models.prior import DiffusionPrior, PriorConfig, sample_prior
 
 D, DT, L = 8, 6, 5
 
@@ -34,7 +35,7 @@ def call(prior, text, x=None, t=None, drop=None):
     B = text.embed.shape[0]
     x = torch.randn(B, D, generator=torch.Generator().manual_seed(1)) if x is None else x
     t = torch.full((B,), 500) if t is None else t
-    return prior(x, t, text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask, text_drop=drop)
+    return prior(x, t, text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask, drop_text=drop)
 
 
 def test_forward_shape_and_dependencies():

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unclip.errors import UnclipError
-from unclip.models.prior import _Block, _candidate_noise  # noqa: F401  (shared Transformer block)
+from unclip.models.prior_common import TransformerBlock, candidate_noise
 
 __all__ = ["ARPriorConfig", "ARPrior", "sample_ar_prior"]
 
@@ -73,7 +73,8 @@ class ARPrior(nn.Module):
         self.null_tokens = nn.Parameter(torch.randn(L, W) * 0.02)
         self.null_text = nn.Parameter(torch.randn(W) * 0.02)
         self.position = nn.Parameter(torch.randn(L + 1 + K, W) * 0.02)
-        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.layers))
+        self.blocks = nn.ModuleList(TransformerBlock(config.width, config.heads, config.mlp_ratio, config.dropout)
+                                    for _ in range(config.layers))
         self.norm = nn.LayerNorm(W)
         self.head = nn.Linear(W, NB)
         self.register_buffer("pca_mean", torch.zeros(D))
@@ -130,11 +131,11 @@ class ARPrior(nn.Module):
 
     # --- network ----------------------------------------------------------------------------
     def forward(self, codes: torch.Tensor, *, text_embed: torch.Tensor, text_tokens: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None, text_drop: torch.Tensor | None = None) -> torch.Tensor:
+                text_mask: torch.Tensor | None = None, drop_text: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, n+1, NB] for codes 0..n given the first n codes [B, n] (n < K) and the text prefix."""
         B, L, W = codes.shape[0], self.config.max_text_len, self.config.width
         like = self.null_text                                                                      # device / dtype
-        drop = torch.zeros(B, dtype=torch.bool, device=codes.device) if text_drop is None else text_drop.bool()
+        drop = torch.zeros(B, dtype=torch.bool, device=codes.device) if drop_text is None else drop_text.bool()
         text = torch.where(drop[:, None], self.null_text, self.text_proj(self.normalize_text(text_embed.float())))
         tokens, valid = self._tokens(text_tokens, text_mask, drop, B, like)                      # (B, L, W)
         seq = torch.cat([tokens, text[:, None], self.code_embed(codes)], dim=1)                  # (B, L+1+n, W)
@@ -198,17 +199,17 @@ def sample_ar_prior(
     if noise is None:
         noise = torch.randn(B, prior.config.embed_dim, generator=generator, device=device)
     # per-caption uniforms for inverse-CDF sampling, derived from the noise rows: (B*C, K)
-    gauss = _candidate_noise(noise.to(device).float(), num_candidates).reshape(B * num_candidates, -1)
+    gauss = candidate_noise(noise.to(device).float(), num_candidates).reshape(B * num_candidates, -1)
     uniforms = torch.special.ndtr(gauss[:, :K])                          # K <= D columns
     rep = lambda v: None if v is None else v.to(device).repeat_interleave(num_candidates, dim=0)  # noqa: E731
     cond = {"text_embed": rep(text.embed), "text_tokens": rep(text.tokens), "text_mask": rep(text.mask)}
     n = B * num_candidates
     if negative_text is not None:
         uncond = {"text_embed": rep(negative_text.embed), "text_tokens": rep(negative_text.tokens),
-                  "text_mask": rep(negative_text.mask), "text_drop": torch.zeros(n, dtype=torch.bool, device=device)}
+                  "text_mask": rep(negative_text.mask), "drop_text": torch.zeros(n, dtype=torch.bool, device=device)}
     else:
-        uncond = {**cond, "text_drop": torch.ones(n, dtype=torch.bool, device=device)}
-    cond["text_drop"] = torch.zeros(n, dtype=torch.bool, device=device)
+        uncond = {**cond, "drop_text": torch.ones(n, dtype=torch.bool, device=device)}
+    cond["drop_text"] = torch.zeros(n, dtype=torch.bool, device=device)
     guided = guidance_scale != 1.0
     both = {k: torch.cat([cond[k], uncond[k]]) if guided else cond[k] for k in cond if cond[k] is not None}
     codes = torch.zeros(n, 0, dtype=torch.long, device=device)

@@ -10,7 +10,7 @@ prediction, trained with MSE: L = E ||f(z_i^(t), t, y) - z_i||^2, §2.1). Embedd
 normalised per dimension with the encoder's saved statistics (``embed_stats.safetensors``),
 which are stored in this model's buffers so the saved file un-normalises on its own.
 
-Classifier-free guidance (Ho & Salimans 2022): with ``text_drop[b]`` the caption tokens and the
+Classifier-free guidance (Ho & Salimans 2022): with ``drop_text[b]`` the caption tokens and the
 text embedding are replaced by learned null values (trained 10% of the time). ``sample_prior``
 draws ``num_candidates`` embeddings per caption and keeps the one with the highest dot product
 with the text embedding (§2.1: "we generate two samples of z_i and pick the one with a higher
@@ -20,8 +20,6 @@ dot product with z_t").
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,8 +29,11 @@ from torch import nn
 
 from unclip.diffusion import DiffusionConfig, GaussianDiffusion, classifier_free_guidance, sample
 from unclip.errors import UnclipError
+from unclip.models.ar_prior import ARPrior, sample_ar_prior
+from unclip.models.embeddings import timestep_embedding
+from unclip.models.prior_common import TransformerBlock, candidate_noise
 
-__all__ = ["PriorConfig", "DiffusionPrior", "sample_prior", "timestep_embedding"]
+__all__ = ["PriorConfig", "DiffusionPrior", "sample_prior"]
 
 
 def _prior_diffusion() -> DiffusionConfig:
@@ -62,51 +63,10 @@ class PriorConfig:
             raise ValueError("the prior predicts the embedding only; set diffusion.learn_variance: false")
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding [B, dim] of integer timesteps t [B] (Vaswani et al. 2017; Ho 2020 App. B)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
-
-
-class _Block(nn.Module):
-    """Pre-LayerNorm Transformer block with scaled_dot_product_attention."""
-
-    def __init__(self, config: PriorConfig):
-        super().__init__()
-        width, self.heads = config.width, config.heads
-        self.norm1 = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width)
-        hidden = int(width * config.mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
-        self.dropout = config.dropout
-
-    def qkv_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S, C) → q, k, v stacked as (3, B, nh, S, hs)."""
-        B, S, C = x.shape
-        return self.qkv(self.norm1(x)).view(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, qkv: torch.Tensor | None = None,
-                past: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, S, C); mask (B, 1, S, P + S) bool, True = may attend; ``past`` (B, 2, nh, P, hs): keys and
-        values of P earlier positions that x attends to; ``qkv`` = ``qkv_heads(x)`` when already computed."""
-        B, S, C = x.shape
-        q, k, v = self.qkv_heads(x) if qkv is None else qkv
-        if past is not None:
-            k, v = torch.cat([past[:, 0].to(k.dtype), k], dim=2), torch.cat([past[:, 1].to(v.dtype), v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, S, C))
-        return x + F.dropout(self.mlp(self.norm2(x)), self.dropout, self.training)
-
-
 class DiffusionPrior(nn.Module):
     """Causal Transformer predicting the normalised clean image embedding. Built as ``DiffusionPrior(config)``.
 
-    ``forward(x_t, t, *, text_embed, text_tokens, text_mask, text_drop=None) -> x0 [B, D]`` works in
+    ``forward(x_t, t, *, text_embed, text_tokens, text_mask, drop_text=None) -> x0 [B, D]`` works in
     normalised space: x_t and text_embed are already normalised (``normalize_image`` / ``normalize_text``).
     """
 
@@ -125,7 +85,8 @@ class DiffusionPrior(nn.Module):
         self.null_tokens = nn.Parameter(torch.randn(L, W) * 0.02)     # unconditional caption tokens
         self.null_text = nn.Parameter(torch.randn(W) * 0.02)          # unconditional text embedding
         self.position = nn.Parameter(torch.randn(L + 4, W) * 0.02)
-        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.layers))
+        self.blocks = nn.ModuleList(TransformerBlock(config.width, config.heads, config.mlp_ratio, config.dropout)
+                                    for _ in range(config.layers))
         self.norm = nn.LayerNorm(W)
         self.out = nn.Linear(W, D)
         # per-dimension embedding statistics (encoder's embed_stats), saved with the weights
@@ -160,7 +121,7 @@ class DiffusionPrior(nn.Module):
         text_embed: torch.Tensor | None = None,
         text_tokens: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
-        text_drop: torch.Tensor | None = None,
+        drop_text: torch.Tensor | None = None,
         prefix_kv: torch.Tensor | None = None,
         prefix_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -173,7 +134,7 @@ class DiffusionPrior(nn.Module):
         if prefix_kv is None:
             if text_embed is None:
                 raise ValueError("pass text_embed (and the caption tokens) or prefix_kv/prefix_valid")
-            prefix_kv, prefix_valid = self.encode_text(text_embed, text_tokens, text_mask, text_drop)
+            prefix_kv, prefix_valid = self.encode_text(text_embed, text_tokens, text_mask, drop_text)
         B, P, W = x_t.shape[0], prefix_valid.shape[1], self.config.width
         time = self.time_mlp(timestep_embedding(t, W).to(x_t.dtype))                                 # (B, W)
         query = self.query.to(x_t.dtype).expand(B, W)
@@ -186,7 +147,7 @@ class DiffusionPrior(nn.Module):
         return self.out(self.norm(seq[:, -1]))                                                       # (B, D)
 
     def encode_text(self, text_embed: torch.Tensor, text_tokens: torch.Tensor | None = None,
-                    text_mask: torch.Tensor | None = None, text_drop: torch.Tensor | None = None):
+                    text_mask: torch.Tensor | None = None, drop_text: torch.Tensor | None = None):
         """Run the step-independent prefix [caption tokens (L)][text embedding] through every layer.
 
         Returns ``prefix_kv`` (B, layers, 2, nh, L+1, hs), each layer's keys and values (batch first, so
@@ -194,7 +155,7 @@ class DiffusionPrior(nn.Module):
         the prefix positions a later position may attend to.
         """
         B, W = text_embed.shape[0], self.config.width
-        drop = torch.zeros(B, dtype=torch.bool, device=text_embed.device) if text_drop is None else text_drop.bool()
+        drop = torch.zeros(B, dtype=torch.bool, device=text_embed.device) if drop_text is None else drop_text.bool()
         dtype = self.text_proj.weight.dtype
         text = torch.where(drop[:, None], self.null_text.to(dtype), self.text_proj(text_embed.to(dtype)))  # (B, W)
         tokens, valid = self._tokens(text_tokens, text_mask, drop, B, text)                   # (B, L, W), (B, L)
@@ -232,21 +193,6 @@ class DiffusionPrior(nn.Module):
         return projected, mask
 
 
-def _candidate_noise(noise: torch.Tensor, num_candidates: int) -> torch.Tensor:
-    """[B, D] -> [B, K, D]: the given noise first, further candidates seeded from each row's bytes.
-
-    Seeding per row keeps every caption's result independent of how captions are batched.
-    """
-    B, D = noise.shape
-    candidates = noise[:, None].repeat(1, num_candidates, 1)                     # (B, K, D)
-    for b, row in enumerate(noise.detach().float().cpu()):
-        if num_candidates > 1:
-            seed = int.from_bytes(hashlib.sha256(row.numpy().tobytes()).digest()[:8], "little") % (2**63)
-            extra = torch.randn(num_candidates - 1, D, generator=torch.Generator().manual_seed(seed))
-            candidates[b, 1:] = extra.to(device=noise.device, dtype=noise.dtype)
-    return candidates
-
-
 @torch.no_grad()
 def sample_prior(
     prior: DiffusionPrior,
@@ -273,8 +219,6 @@ def sample_prior(
     (``unclip.diffusion.schedule.SPACINGS``).
     """
     if not isinstance(prior, DiffusionPrior):
-        from unclip.models.ar_prior import ARPrior, sample_ar_prior
-
         if isinstance(prior, ARPrior):  # the same call samples the autoregressive prior
             return sample_ar_prior(prior, text, negative_text=negative_text, noise=noise, num_candidates=num_candidates,
                                    guidance_scale=guidance_scale, generator=generator, callback=callback)
@@ -288,24 +232,24 @@ def sample_prior(
                           "use the encoder the prior was trained with")
     if noise is None:
         noise = torch.randn(B, D, generator=generator, device=device)
-    x_T = _candidate_noise(noise.to(device).float(), num_candidates).reshape(B * num_candidates, D)
+    x_T = candidate_noise(noise.to(device).float(), num_candidates).reshape(B * num_candidates, D)
 
     def repeat(value):  # [B, ...] -> [B * K, ...], candidates of one caption adjacent
         return None if value is None else value.to(device).repeat_interleave(num_candidates, dim=0)
 
     cond = {"text_embed": repeat(prior.normalize_text(text_embed)), "text_tokens": repeat(text.tokens),
-            "text_mask": repeat(text.mask), "text_drop": torch.zeros(B * num_candidates, dtype=torch.bool, device=device)}
+            "text_mask": repeat(text.mask), "drop_text": torch.zeros(B * num_candidates, dtype=torch.bool, device=device)}
     if negative_text is not None:
         uncond = {"text_embed": repeat(prior.normalize_text(negative_text.embed.to(device).float())),
                   "text_tokens": repeat(negative_text.tokens), "text_mask": repeat(negative_text.mask)}
         uncond["text_tokens"], cond["text_tokens"], uncond["text_mask"], cond["text_mask"] = _same_length(
             uncond["text_tokens"], cond["text_tokens"], uncond["text_mask"], cond["text_mask"])
     else:
-        uncond = {"text_drop": torch.ones(B * num_candidates, dtype=torch.bool, device=device)}
+        uncond = {"drop_text": torch.ones(B * num_candidates, dtype=torch.bool, device=device)}
 
     def prefix(kwargs):  # the caption prefix's keys and values, computed once instead of at every step
         kv, valid = prior.encode_text(kwargs["text_embed"], kwargs["text_tokens"], kwargs["text_mask"],
-                                      kwargs.get("text_drop"))
+                                      kwargs.get("drop_text"))
         return {"prefix_kv": kv, "prefix_valid": valid}
 
     uncond = prefix({**cond, **uncond}) if guidance_scale != 1.0 else {}

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unclip.models.embeddings import timestep_embedding
+
 __all__ = ["TokenTransformerConfig", "TokenTransformer"]
 
 
@@ -52,15 +54,6 @@ class TokenTransformerConfig:
     @property
     def seq_len(self) -> int:
         return self.grid_size[0] * self.grid_size[1]
-
-
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of integer steps t [B] → [B,dim] (Vaswani et al. 2017)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float().unsqueeze(1) * freqs.unsqueeze(0)
-    emb = torch.cat([angles.sin(), angles.cos()], dim=1)
-    return F.pad(emb, (0, dim % 2))
 
 
 class AdaLayerNorm(nn.Module):
@@ -151,7 +144,7 @@ class TokenTransformer(nn.Module):
         cfg = self.config
         B = x_t.shape[0]
         x = self.token_embed(x_t) + self.pos_embed                                       # [B,N,W]
-        emb = self.time_mlp(timestep_embedding(t, cfg.width))                            # [B,W]
+        emb = self.time_mlp(timestep_embedding(t, cfg.width, sin_first=True))                            # [B,W]
         context = None
         if cfg.cond_dim > 0:
             cond = self._condition(cond_embed, drop_cond, B, x.dtype)                    # [B,cond_dim]

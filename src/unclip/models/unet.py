@@ -36,9 +36,9 @@ from unclip.models.unet_blocks import (
     ResBlock,
     Upsample,
     group_norm,
-    timestep_embedding,
     zero_module,
 )
+from unclip.models.embeddings import timestep_embedding
 
 __all__ = ["UNetConfig", "UNet", "cfg_drop_masks"]
 

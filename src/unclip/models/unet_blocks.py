@@ -15,27 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "timestep_embedding",
     "group_norm",
     "ResBlock",
     "AttentionBlock",
     "Downsample",
     "Upsample",
 ]
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, Transformer-style (Vaswani et al. 2017, §3.5).
-
-    t: [B] → [B, dim]. The network never learns what ``t`` means in noise terms (house rule 2).
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]  # [B, half]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
