@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ __all__ = [
     "FORMAT",
     "ShardRows",
     "EmbeddingDataset",
+    "EmbeddingRows",
     "open_embeddings",
     "read_info",
     "write_info",
@@ -287,3 +288,19 @@ def open_embeddings(root: str | Path, split: str | None = None, *, caption_key: 
     if is_shard_spec(text) or is_clip_retrieval(Path(text)) or (Path(text).is_dir() and any(Path(text).glob("*.tar"))):
         return open_external(text, split, caption_key=caption_key)
     return EmbeddingDataset(Path(text), split=split)
+
+
+class EmbeddingRows(Dataset):
+    """One split of an embeddings directory held in memory as tensors (embeddings are small)."""
+
+    def __init__(self, path: str | Path, split: str, caption_key: str = "txt"):
+        source = open_embeddings(path, split, caption_key=caption_key)
+        self.info = source.info
+        self.captions = source.captions
+        self.tensors = {key: source.stack(key) for key in ("image_embed", "text_embed", "text_tokens", "text_mask")}
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[index] for key, value in self.tensors.items()}

@@ -30,7 +30,7 @@ import torch
 from unclip.data.shapes import all_combinations, pil_to_tensor, render_shape
 from unclip.errors import UnclipError
 from unclip.eval.shapes_checker import score_images
-from unclip.train.stages.clipvq import load_vq
+from unclip.models.vq import load_vq
 
 __all__ = ["experiment_prompts", "evaluate_pipeline", "main"]
 

@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from unclip.errors import CheckpointError
         from unclip.models.ar_prior import ARPrior
         from unclip.models.prior import DiffusionPrior
-        from unclip.train.stages.prior import EmbeddingRows
+        from unclip.encoders.shards import EmbeddingRows
 
         path = resolve_prior_path(args.prior)
         prior = load_model(path, device=args.device)

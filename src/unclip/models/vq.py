@@ -18,13 +18,16 @@ Sec. 3.2), which keeps rare content (small coloured shapes) from sharing codes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["VQConfig", "VQModel", "Codebook"]
+from unclip.errors import UnclipError
+
+__all__ = ["VQConfig", "VQModel", "Codebook", "load_vq"]
 
 
 @dataclass(frozen=True)
@@ -281,3 +284,17 @@ def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """PSNR in dB per image for images in [-1,1] (peak-to-peak 2) → [B]."""
     mse = (images.clamp(-1, 1) - targets).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def load_vq(path: str | Path):
+    """A frozen VQModel from ``model.safetensors``, a directory holding it, or a run dir (its final/)."""
+    from unclip.checkpoint import load_model
+
+    if not str(path):
+        raise UnclipError("clipvq needs a trained VQ tokenizer: set model.vq=PATH (e.g. runs/vq-shapes/final)")
+    path = Path(path)
+    for candidate in (path, path / "model.safetensors", path / "final" / "model.safetensors",
+                      path / "vq" / "model.safetensors"):
+        if candidate.is_file():
+            return load_model(candidate, expected=VQModel).requires_grad_(False)
+    raise UnclipError(f"no VQ tokenizer at {path} (train one with 'unclip train vq --config configs/vq/shapes.yaml')")

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from unclip.diffusion import discrete
 from unclip.diffusion.discrete import DiscreteDiffusionConfig
+from unclip.models.vq import load_vq
 from unclip.errors import UnclipError
 from unclip.models.token_transformer import TokenTransformer, TokenTransformerConfig
 from unclip.train.config import TrainConfig
@@ -256,18 +257,3 @@ class ClipVQStage(Stage):
 
     def export(self, model, out_dir: Path) -> Path:
         return self.pipeline(model).save(Path(out_dir), overwrite=True)
-
-
-def load_vq(path: str | Path):
-    """A frozen VQModel from ``model.safetensors``, a directory holding it, or a run dir (its final/)."""
-    from unclip.checkpoint import load_model
-    from unclip.models.vq import VQModel
-
-    if not str(path):
-        raise UnclipError("clipvq needs a trained VQ tokenizer: set model.vq=PATH (e.g. runs/vq-shapes/final)")
-    path = Path(path)
-    for candidate in (path, path / "model.safetensors", path / "final" / "model.safetensors",
-                      path / "vq" / "model.safetensors"):
-        if candidate.is_file():
-            return load_model(candidate, expected=VQModel).requires_grad_(False)
-    raise UnclipError(f"no VQ tokenizer at {path} (train one with 'unclip train vq --config configs/vq/shapes.yaml')")

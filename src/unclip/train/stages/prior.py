@@ -31,13 +31,14 @@ from torch.utils.data import Dataset
 from unclip.checkpoint import atomic_write_text, save_model
 from unclip.config import to_dict
 from unclip.diffusion import GaussianDiffusion
+from unclip.encoders.shards import EmbeddingRows
 from unclip.errors import UnclipError
 from unclip.models.ar_prior import ARPrior, ARPriorConfig
 from unclip.models.prior import DiffusionPrior, PriorConfig, replace_dims
 from unclip.train.config import TrainConfig
 from unclip.train.stage import Stage
 
-__all__ = ["PriorData", "PriorSample", "PriorStageConfig", "PriorStage", "EmbeddingRows", "find_embed_stats"]
+__all__ = ["PriorData", "PriorSample", "PriorStageConfig", "PriorStage", "find_embed_stats"]
 
 
 @dataclass(frozen=True)
@@ -73,24 +74,6 @@ class PriorStageConfig:
     def __post_init__(self):
         if not 0.0 <= self.drop_text <= 1.0:
             raise ValueError("drop_text must be in [0, 1]")
-
-
-class EmbeddingRows(Dataset):
-    """One split of an embeddings directory held in memory as tensors (embeddings are small)."""
-
-    def __init__(self, path: str | Path, split: str, caption_key: str = "txt"):
-        from unclip.encoders.shards import open_embeddings
-
-        source = open_embeddings(path, split, caption_key=caption_key)
-        self.info = source.info
-        self.captions = source.captions
-        self.tensors = {key: source.stack(key) for key in ("image_embed", "text_embed", "text_tokens", "text_mask")}
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {key: value[index] for key, value in self.tensors.items()}
 
 
 def find_embed_stats(embeddings: str | Path, encoder: str = "", info: dict | None = None) -> dict | None:
@@ -162,7 +145,7 @@ class PriorStage(Stage):
         B = x_start.shape[0]
         drop = torch.rand(B, generator=generator, device=x_start.device) < self.config.drop_text
         kwargs = {"text_embed": prior.normalize_text(batch["text_embed"].float()), "text_tokens": batch["text_tokens"],
-                  "text_mask": batch["text_mask"], "text_drop": drop}
+                  "text_mask": batch["text_mask"], "drop_text": drop}
         t = self.diffusion.sample_timesteps(B, generator, x_start.device)
         terms = self.diffusion.training_losses(model, x_start, t, model_kwargs=kwargs, generator=generator)
         loss = terms["loss"].mean()
@@ -173,7 +156,7 @@ class PriorStage(Stage):
         codes = prior.encode(batch["image_embed"].float())                                  # (B, K)
         drop = torch.rand(codes.shape[0], generator=generator, device=codes.device) < self.config.drop_text
         logits = model(codes[:, :-1], text_embed=batch["text_embed"], text_tokens=batch["text_tokens"],
-                       text_mask=batch["text_mask"], text_drop=drop)                         # (B, K, NB)
+                       text_mask=batch["text_mask"], drop_text=drop)                         # (B, K, NB)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), codes.reshape(-1))
         return loss, {"ce": float(loss.detach())}
 
