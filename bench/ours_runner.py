@@ -139,7 +139,7 @@ def build_prior_train(spec: dict) -> harness.Built:
 
     def run() -> None:  # the prior stage's loss (unclip.train.stages.prior), one AdamW step
         kwargs = {"text_embed": text_embed, "text_tokens": text_tokens, "text_mask": text_mask,
-                  "text_drop": torch.rand(batch) < 0.1}
+                  "drop_text": torch.rand(batch) < 0.1}
         with precision(spec):
             loss = diffusion.training_losses(prior, image_embed, diffusion.sample_timesteps(batch),
                                              model_kwargs=kwargs)["loss"].mean()

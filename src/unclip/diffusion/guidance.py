@@ -31,7 +31,7 @@ def classifier_free_guidance(
 
     The returned function is called like the original, ``guided(x_t, t, **cond_kwargs)``.
     ``uncond_kwargs`` replaces some of the conditioning keyword arguments for the
-    unconditional half (e.g. ``{"text_drop": torch.ones(B, dtype=bool)}``); tensors
+    unconditional half (e.g. ``{"drop_text": torch.ones(B, dtype=bool)}``); tensors
     in it have the same batch size as x_t. Keyword arguments absent from
     ``uncond_kwargs`` are shared: tensors are repeated, other values passed as-is.
     ``guidance_scale == 1`` is the plain conditional model (one forward, no doubling).
