@@ -10,7 +10,7 @@ from helpers.pipeline import tiny_pipeline
 from unclip.cli import main
 from unclip.pipelines import load_pipeline
 from unclip.pipelines.edits import box_mask
-from unclip.pipelines.images import from_pil
+from unclip.pipelines.images import image_to_tensor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = ["--quiet", "--decoder-steps", "2", "--prior-steps", "2", "--precision", "fp32"]
@@ -35,7 +35,7 @@ def _run(args, capsys):
 
 
 def _pixels(path):
-    return from_pil(Image.open(path).convert("RGB"))
+    return image_to_tensor(Image.open(path).convert("RGB"))
 
 
 def test_img2img_cli_matches_the_api(tmp_path, files, capsys):

@@ -207,7 +207,7 @@ def test_variations(unclip_pipe):
 
 def test_ddim_inversion_reconstructs_through_the_decoder():
     from unclip.diffusion.samplers import ddim_sample
-    from unclip.pipelines.images import from_pil
+    from unclip.pipelines.images import image_to_tensor
     from unclip.pipelines.manipulate import invert
     from unclip.pipelines.sampling import decoder_kwargs
 
@@ -216,7 +216,7 @@ def test_ddim_inversion_reconstructs_through_the_decoder():
     with torch.no_grad():
         for p in unclip_pipe.decoder.model.out.parameters():
             p.mul_(0.001)
-    x = from_pil(_blue(), 16)[None]
+    x = image_to_tensor(_blue(), 16)[None]
     z = unclip_pipe.encoder.encode_image(x)
     latent = invert(unclip_pipe, x, z, steps=50)
     cond, _ = decoder_kwargs(unclip_pipe.decoder.model, 1, x.device, image_embed=z)

@@ -5,8 +5,10 @@ header names one of a few raster formats, the canvas it claims is at most ``max_
 (``unclip.limits.MAX_IMAGE_PIXELS`` unless told otherwise), and only then decodes the pixels.
 A decompression bomb is thus refused without allocating it, and every failure is one
 ``ImageRejected`` line naming the file. Nothing here touches Pillow's global
-``Image.MAX_IMAGE_PIXELS`` (house rule 6). What a caller does with the pixels (crop, resize,
-tensor layout) stays with the caller.
+``Image.MAX_IMAGE_PIXELS`` (house rule 6). ``image_to_tensor`` is the one conversion of a
+picture into the project's tensor layout ([3, S, S] in [-1, 1], transparency on white, centre
+square, Lanczos resize), used alike by the datasets and by the pipelines' image inputs, so an
+image a user passes in is seen exactly as the training images were.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from unclip.errors import UnclipError
 from unclip.limits import MAX_IMAGE_PIXELS
 
-__all__ = ["ALLOWED_FORMATS", "ImageRejected", "open_image", "check_image_header", "to_rgb_on_white"]
+__all__ = ["ALLOWED_FORMATS", "ImageRejected", "open_image", "check_image_header", "to_rgb_on_white", "image_to_tensor",
+           "load_image"]
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _KINDS = "a PNG, JPEG, WebP, GIF or BMP file"
@@ -129,3 +134,24 @@ def to_rgb_on_white(image: Image.Image) -> Image.Image:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def image_to_tensor(image: Image.Image, size: int | None = None) -> torch.Tensor:
+    """PIL image (any mode) → FloatTensor [3, S, S] in [-1, 1]: transparent pixels on white, the centre
+    square cropped, then resized to ``size`` (Lanczos) when given. Square inputs are only resized."""
+    image = to_rgb_on_white(image)
+    width, height = image.size
+    side = min(width, height)
+    if (width, height) != (side, side):
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if size is not None and side != size:
+        image = image.resize((size, size), Image.LANCZOS)
+    array = np.asarray(image, dtype=np.float32)                                  # [S, S, 3] in 0..255
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).div(127.5).sub(1.0)
+
+
+def load_image(source: bytes | str | Path, size: int | None = None, *, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """An image file (path or bytes) → [3, S, S] in [-1, 1] (``image_to_tensor``); a missing, corrupt or
+    over-``max_pixels`` input raises a one-line ``ImageRejected`` (``open_image``)."""
+    return image_to_tensor(open_image(source, max_pixels=max_pixels), size)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from unclip.checkpoint import atomic_write_text
-from unclip.data.common import BadSamples, GuardedDataset, MissingSplit, load_image
+from unclip.data.common import BadSamples, GuardedDataset, MissingSplit, read_image_file
 from unclip.errors import DataError
 
 __all__ = ["FORMAT_VERSION", "SPLITS", "DatasetWriter", "is_built", "read_info", "BuiltDataset"]
@@ -175,7 +175,7 @@ class BuiltDataset(GuardedDataset):
         kept, pixels = [], []
         for row in self.rows:
             try:
-                image = load_image(self.root / row["image"], self.image_size)  # [3, H, W] in [-1, 1]
+                image = read_image_file(self.root / row["image"], self.image_size)  # [3, H, W] in [-1, 1]
             except DataError as exc:
                 self.bad.add(self.root / row["image"], str(exc))
                 continue
@@ -209,6 +209,6 @@ class BuiltDataset(GuardedDataset):
         if self.pixels is not None:
             image = self.pixels[index].float().div(127.5).sub(1.0)
         else:
-            image = load_image(self.root / row["image"], self.image_size)
+            image = read_image_file(self.root / row["image"], self.image_size)
         meta = dict(row.get("meta") or {}) | {"split": row["split"], "path": row["image"]}
         return {"image": image, "caption": row["caption"], "meta": meta}

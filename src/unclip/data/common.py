@@ -12,21 +12,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
 from unclip.errors import DataError
-from unclip.imagefile import ImageRejected, open_image, to_rgb_on_white
+from unclip.imagefile import ImageRejected, image_to_tensor, open_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "BadSamples",
     "decode_image",
-    "load_image",
+    "read_image_file",
     "image_to_tensor",
     "decode_caption",
-    "to_rgb_on_white",
     "collate_samples",
     "DataWarning",
     "MissingSplit",
@@ -82,24 +79,6 @@ class BadSamples:
             self.report(" while reading")
 
 
-def image_to_tensor(image: Image.Image, image_size: int | None = None) -> torch.Tensor:
-    """PIL image (any mode) → FloatTensor [3, H, W] in [-1, 1], alpha composited on white.
-
-    With ``image_size``, the shorter side is resized to it (Lanczos) and the
-    centre square cropped, so every item has the same shape.
-    """
-    image = to_rgb_on_white(image)
-    if image_size is not None and image.size != (image_size, image_size):
-        w, h = image.size
-        scale = image_size / min(w, h)
-        new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-        image = image.resize((new_w, new_h), Image.LANCZOS)
-        left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-    array = np.asarray(image, dtype=np.float32)  # [H, W, 3] in 0..255
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).div(127.5).sub(1.0)
-
-
 def decode_image(data: bytes, image_size: int | None = None) -> torch.Tensor:
     """Bytes of an image file → tensor; ``DataError`` for non-images, truncated files and images over
     ``unclip.limits.MAX_IMAGE_PIXELS`` (checked from the header, so a bomb is skipped like any bad file)."""
@@ -110,7 +89,8 @@ def decode_image(data: bytes, image_size: int | None = None) -> torch.Tensor:
     return image_to_tensor(image, image_size)
 
 
-def load_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:
+def read_image_file(path: str | Path, image_size: int | None = None) -> torch.Tensor:
+    """A dataset's image file → tensor (``image_to_tensor``); any failure is a ``DataError`` (a bad sample)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from unclip.data.common import (IMAGE_EXTENSIONS, BadSamples, GuardedDataset, MissingSplit, decode_caption,
-                                load_image)
+                                read_image_file)
 from unclip.errors import DataError
 from unclip.imagefile import ImageRejected, check_image_header
 
@@ -153,7 +153,7 @@ class FolderDataset(GuardedDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         path, caption, meta = self.items[index]
-        return {"image": load_image(path, self.image_size), "caption": caption, "meta": dict(meta)}
+        return {"image": read_image_file(path, self.image_size), "caption": caption, "meta": dict(meta)}
 
 
 def _hidden(path: Path, root: Path) -> bool:

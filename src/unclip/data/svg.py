@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-from unclip.data.common import to_rgb_on_white
+from unclip.imagefile import to_rgb_on_white
 from unclip.errors import DataError
 
 __all__ = ["iconify_names", "iconify_svg", "rasterise"]

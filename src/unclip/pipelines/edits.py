@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw
 from unclip.diffusion.samplers import sdedit_start
 from unclip.errors import UnclipError
 from unclip.pipelines import PipelineOutput
-from unclip.pipelines.images import check_finite, from_pil
+from unclip.pipelines.images import check_finite, image_to_tensor
 
 __all__ = ["img2img", "inpaint", "inpaint_clipvq", "box_mask", "parse_box", "mask_tensor", "StageEdit",
            "DEFAULT_STRENGTH", "DEFAULT_RESAMPLE", "MAX_RESAMPLE"]
@@ -80,7 +80,7 @@ def _size_of(image: Image.Image | torch.Tensor) -> tuple[int, int]:
 def _image_at(image: Image.Image | torch.Tensor, size: int, device) -> torch.Tensor:
     """[1, 3, S, S] in [-1, 1]: a PIL image centre-cropped and resized (Lanczos), a tensor resized (bicubic)."""
     if isinstance(image, Image.Image):
-        return from_pil(image, size)[None].to(device)
+        return image_to_tensor(image, size)[None].to(device)
     tensor = (image if image.ndim == 4 else image[None]).float()
     if tensor.shape[-2:] != (size, size):
         tensor = F.interpolate(tensor, size=(size, size), mode="bicubic", antialias=True,
@@ -129,7 +129,7 @@ def mask_tensor(mask: MaskLike, image: Image.Image | torch.Tensor, size: int, de
         if mask.size != (width, height):
             raise UnclipError(f"the mask is {mask.size[0]}x{mask.size[1]} pixels but the image is {width}x{height}; "
                               "draw the mask on the image's own canvas")
-        values = (from_pil(mask, size).mean(0, keepdim=True)[None] + 1) / 2
+        values = (image_to_tensor(mask, size).mean(0, keepdim=True)[None] + 1) / 2
     binary = (values > 0.5).float().to(device)
     if not binary.any():
         raise UnclipError("the mask is empty (all black): paint in white the region to regenerate")

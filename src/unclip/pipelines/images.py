@@ -15,10 +15,9 @@ from PIL import Image
 
 from unclip.checkpoint import atomic_write
 from unclip.errors import CheckpointError, UnclipError
-from unclip.imagefile import open_image, to_rgb_on_white
-from unclip.limits import MAX_IMAGE_PIXELS
+from unclip.imagefile import image_to_tensor, load_image
 
-__all__ = ["to_pil", "to_numpy", "from_pil", "check_finite", "image_grid", "load_image", "save_png", "save_gif"]
+__all__ = ["to_pil", "to_numpy", "image_to_tensor", "check_finite", "image_grid", "load_image", "save_png", "save_gif"]
 
 
 def check_finite(images: torch.Tensor, model: str | None = None) -> torch.Tensor:
@@ -40,25 +39,6 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 def to_numpy(images: torch.Tensor) -> np.ndarray:
     """[B, 3, H, W] in [-1, 1] → [B, H, W, 3] float32 in [0, 1]."""
     return ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-
-
-def from_pil(image: Image.Image, size: int | None = None) -> torch.Tensor:
-    """PIL image → [3, S, S] in [-1, 1]: transparent → white, centre-cropped square, resized to ``size`` (Lanczos)."""
-    image = to_rgb_on_white(image)  # as the datasets render
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if size is not None and side != size:
-        image = image.resize((size, size), Image.LANCZOS)
-    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
-    return array.permute(2, 0, 1) / 127.5 - 1
-
-
-def load_image(path: str | Path, size: int | None = None, *, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
-    """Read an image file → [3, S, S] in [-1, 1]; a missing, corrupt or over-``max_pixels`` file
-    raises a one-line ``ImageRejected`` (``unclip.imagefile.open_image``)."""
-    return from_pil(open_image(path, max_pixels=max_pixels), size)
 
 
 def image_grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2,

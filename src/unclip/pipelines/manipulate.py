@@ -22,7 +22,7 @@ from PIL import Image
 from unclip.diffusion.samplers import ddim_invert
 from unclip.errors import UnclipError
 from unclip.pipelines import PipelineOutput
-from unclip.pipelines.images import check_finite, from_pil, load_image
+from unclip.pipelines.images import check_finite, image_to_tensor, load_image
 from unclip.pipelines.sampling import decoder_kwargs
 from unclip.precision import autocast
 
@@ -57,7 +57,7 @@ def _as_tensor(pipe, image) -> torch.Tensor:
             tensor = F.interpolate(tensor.float(), size=(size, size), mode="bicubic", antialias=True,
                                    align_corners=False).clamp(-1, 1)
     elif isinstance(image, Image.Image):
-        tensor = from_pil(image, size)[None]
+        tensor = image_to_tensor(image, size)[None]
     else:
         tensor = load_image(image, size)[None]
     return tensor.to(pipe.device)
