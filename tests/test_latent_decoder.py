@@ -204,6 +204,50 @@ def test_cached_conditions_give_the_same_loss(tiny_data, autoencoder_run):
     assert target.shape == (3, 2, 8, 8) and cond["text_tokens"].shape[0] == 3 and cond["text_mask"].dtype == torch.bool
 
 
+def test_cached_conditions_are_saved_in_the_run_and_read_back_on_resume(tmp_path, tiny_data, autoencoder_run,
+                                                                         monkeypatch):
+    import dataclasses
+    import os
+    from pathlib import Path
+
+    from unclip.train import cond_cache
+
+    root, encoder_dir = tiny_data
+    cfg = _latent_decoder_config(root, encoder_dir, autoencoder_run)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_conditions=True))
+    run_dir = tmp_path / "run"
+    first = DecoderStage(cfg)
+    first.run_dir = run_dir                      # not created yet: the engine makes it after setup
+    first.setup(torch.device("cpu"))
+    run_dir.mkdir()
+    first.started(run_dir)
+    assert (run_dir / cond_cache.ConditionCache.FILE).is_file()
+
+    computed = []
+    real_init = cond_cache.ConditionCache.__init__
+
+    def counting_init(self, dataset, *args, **kwargs):
+        computed.append(dataset is not None)
+        real_init(self, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(cond_cache.ConditionCache, "__init__", counting_init)
+    resumed = DecoderStage(cfg)
+    resumed.run_dir = run_dir
+    resumed.setup(torch.device("cpu"))
+    assert computed == [False]                   # read back, not recomputed
+    for index in ([5, 0, 3], [1]):
+        (c1, t1), (c2, t2) = first._cache.batch(index, "cpu"), resumed._cache.batch(index, "cpu")
+        assert torch.equal(t1, t2) and c1.keys() == c2.keys()
+        assert all(torch.equal(c1[k], c2[k]) for k in c1)
+
+    touched = sorted(Path(root).rglob("*.png"))[0]
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))  # one image edited
+    changed = DecoderStage(cfg)                  # the data changed: the stale cache is not used
+    changed.run_dir = run_dir
+    changed.setup(torch.device("cpu"))
+    assert computed == [False, True]
+
+
 def test_init_starts_from_the_weights_and_checks_shapes(tmp_path, autoencoder_run, tiny_data, capsys):
     """--init: step 0 holds the loaded weights (lr ~0 keeps them); a decoder-only fine-tune keeps the encoder."""
     from unclip.checkpoint import load_tensors

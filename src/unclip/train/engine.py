@@ -149,6 +149,7 @@ class _Run:
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.main = self.acc.is_main_process
         cfg, device = self.cfg, self.acc.device
+        stage.run_dir = self.out_dir
         stage.setup(device)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank (rank 0's are broadcast too)
         self.model = stage.build_model().to(device).train()
@@ -167,6 +168,7 @@ class _Run:
         if self.main:  # only now: a stage that cannot build its model or data leaves no run directory
             prepare_run_dir(self.out_dir, stage, resume=resume)
             clean_partial(self.out_dir)
+            stage.started(self.out_dir)
         self.acc.wait_for_everyone()
         seed = _rank_seed(cfg.seed, self.rank)
         self.generator = torch.Generator(device=device).manual_seed(seed)

@@ -26,6 +26,7 @@ class Stage:
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type]
+    run_dir: Path | None = None  # set by the engine before ``setup``; the folder may not exist yet
 
     def __init__(self, config: Any):
         self.config = config
@@ -53,6 +54,9 @@ class Stage:
     # --- optional hooks --------------------------------------------------
     def setup(self, device: torch.device) -> None:
         """Move frozen helpers (encoders, tokenizers) to ``device``; called once."""
+
+    def started(self, run_dir: Path) -> None:
+        """Called once on the main process when ``run_dir`` exists (fresh or resumed), before step 0."""
 
     def evaluate(self, model: torch.nn.Module, out_dir: Path, step: int) -> dict[str, float]:
         """Periodic stage-specific evaluation (sample grids as PNG, metrics). ``model`` holds EMA weights."""

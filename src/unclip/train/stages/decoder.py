@@ -130,6 +130,7 @@ class DecoderStage(ImageStage):
         self._encoder = None
         self._autoencoder = None
         self._cache = None
+        self._cache_to_save = False
 
     # --- frozen helpers ----------------------------------------------------------
     @property
@@ -183,8 +184,29 @@ class DecoderStage(ImageStage):
         if self.config.data.cache_conditions and self._cache is None:
             from unclip.train.cond_cache import ConditionCache
 
-            compute = lambda full, captions: (self.conditions(full, captions), self.decoder_images(full))  # noqa: E731
-            self._cache = ConditionCache(super().build_dataset("train"), compute, device=device)
+            path = self.run_dir / ConditionCache.FILE if self.run_dir is not None else None
+            self._cache = ConditionCache.load(path, self._cache_fingerprint()) if path is not None else None
+            self._cache_to_save = self._cache is None
+            if self._cache is None:
+                compute = lambda full, captions: (self.conditions(full, captions), self.decoder_images(full))  # noqa: E731
+                self._cache = ConditionCache(super().build_dataset("train"), compute, device=device)
+
+    def started(self, run_dir: Path) -> None:
+        if self._cache is not None and self._cache_to_save:  # a resume then reads it back instead of recomputing
+            from unclip.train.cond_cache import ConditionCache
+
+            self._cache.save(Path(run_dir) / ConditionCache.FILE, self._cache_fingerprint())
+            self._cache_to_save = False
+
+    def _cache_fingerprint(self) -> dict:
+        """What the cached conditions depend on: the data, the frozen encoder and autoencoder, the sizes."""
+        from unclip.train.cond_cache import file_stamp
+
+        data, cfg = self.config.data, self.config
+        return {"data": file_stamp(data.path), "encoder": file_stamp(data.encoder),
+                "autoencoder": file_stamp(data.autoencoder), "image_size": data.image_size,
+                "encoder_image_size": data.encoder_image_size, "conditioning": cfg.conditioning,
+                "text_tokens": cfg.text_tokens, "count": len(super().build_dataset("train"))}
 
     def build_dataset(self, split: str):
         dataset = super().build_dataset(split)
