@@ -104,6 +104,23 @@ def test_old_clipvq_layout_loads_and_converts(tmp_path):
     assert torch.equal(load_pipeline(old)(["a red circle"], seed=3, **KW).images, expected)
 
 
+def test_convert_command_and_a_cascade_assembled_from_runs(tmp_path, capsys):
+    from unclip.cli import main
+
+    pipe = tiny_pipeline("full")
+    old = pipe.save(tmp_path / "old")
+    _make_old(old)
+    assert main(["convert", str(old)]) == 0 and "converted" in capsys.readouterr().out
+    assert main(["convert", str(old)]) == 0 and "already" in capsys.readouterr().out
+    pipe.encoder.save(tmp_path / "enc")
+    pipe.decoder.save(tmp_path / "dec")
+    pipe.upsampler.save(tmp_path / "up1")
+    _second_upsampler().save(tmp_path / "up2")
+    assert main(["assemble", "--out", str(tmp_path / "pipe"), "--encoder", str(tmp_path / "enc"), "--decoder",
+                 str(tmp_path / "dec"), "--upsampler", str(tmp_path / "up1"), "--upsampler", str(tmp_path / "up2")]) == 0
+    assert load_pipeline(tmp_path / "pipe").image_size == 64
+
+
 def test_a_component_without_settings_names_the_way_out(tmp_path):
     tiny_component("decoder", tiny_encoder()).save(tmp_path / "decoder")
     edit_component(tmp_path / "decoder", lambda i: ...)

@@ -219,7 +219,8 @@ def read_component_info(directory: str | Path, roles: tuple[str, ...] | None = N
     try:
         info = json.loads(raw)
     except json.JSONDecodeError:
-        raise CheckpointError(f"{path} has unreadable component settings in its metadata; the file is damaged") from None
+        raise CheckpointError(f"{path} has unreadable component settings in its metadata; the file is "
+                              "damaged") from None
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: the component settings in its metadata hold {_json_kind(info)}, not a "
                               "JSON object; the file is damaged")

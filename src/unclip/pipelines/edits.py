@@ -55,8 +55,9 @@ class StageEdit:
     """Extra sampler arguments per stage (``sample_decoder`` / ``sample_upsampler``), sliced to a group.
 
     ``DecoderPipeline.generate`` calls ``stage_kwargs(stage, group)`` for each cascade stage (``decoder``,
-    ``upsampler``, ``upsampler_2``, ...) and group of images; tensors are indexed by the group's image positions. ``stochastic`` makes it sample each image alone with its own
-    generator (RePaint draws noise at every step whatever the sampler)."""
+    ``upsampler``, ``upsampler_2``, ...) and group of images; tensors are indexed by the group's image
+    positions. ``stochastic`` makes it sample each image alone with its own generator (RePaint draws noise
+    at every step whatever the sampler)."""
 
     def __init__(self, per_stage: dict[str, dict], *, stochastic: bool = False):
         self.per_stage, self.stochastic = per_stage, stochastic

@@ -26,7 +26,7 @@ __all__ = ["PriorComponent", "PriorPipeline", "load_prior_component"]
 
 
 class PriorComponent:
-    """A loaded prior ``model`` (nn.Module with ``.config``) and its component settings ``info`` (``unclip.components``)."""
+    """A loaded prior ``model`` (nn.Module with ``.config``) and its component settings ``info``."""
 
     def __init__(self, model: torch.nn.Module, info: dict[str, Any] | None = None):
         self.model = model.eval()
