@@ -2,8 +2,11 @@
 
 They were recorded before the pipeline was cut into prior and decoder pipelines and the components
 became one self-describing file; a refactor that changes them changes what users get for a seed.
-The tolerance (1e-3 on [-1, 1] pixels) holds across CPUs and thread counts; a real change moves
-pixels by far more. A value changed on purpose (a named bug fix) is re-recorded in that commit.
+They are computed on one thread. The tiny random networks amplify float rounding (README, "Reproducing
+one image": up to 0.018 mean |difference| between thread counts; 0.026 on one of these pixels), so the
+tolerance is 0.05 on [-1, 1] pixels, enough for other CPUs and thread counts; a changed noise draw or
+sampler moves pixels by tenths to whole units. A value changed on purpose (a named bug fix) is
+re-recorded in that commit.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from helpers.pipeline import tiny_encoder, tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TOL = 1e-3
+TOL = 0.05
 PIXELS = [(0, 0, 0, 0), (0, 1, 5, 7), (0, 2, 13, 3), (-1, 0, 20, 25), (-1, 2, 31, 31)]  # (image, c, y, x)
 
 
@@ -33,13 +36,15 @@ def _red(size=20):
 
 
 @pytest.fixture(scope="module")
-def full():
-    return tiny_pipeline("full")
-
-
-@pytest.fixture(scope="module")
-def unclip_pipe():
-    return tiny_pipeline("unclip")
+def outputs() -> dict[str, torch.Tensor]:
+    """Every unCLIP output, computed once on one thread: the full tiny pipeline and the prior-free one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return _outputs(tiny_pipeline("full"), tiny_pipeline("unclip"))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _clipvq():
@@ -85,12 +90,8 @@ def _outputs(full, unclip_pipe) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", [k for k in EXPECTED if k != "clipvq"])
-def test_unclip_outputs_are_pinned(full, unclip_pipe, name, request):
-    cache = request.config.__dict__.setdefault("_pinned_unclip", {})
-    if not cache:
-        with torch.no_grad():
-            cache.update(_outputs(full, unclip_pipe))
-    images = cache[name]
+def test_unclip_outputs_are_pinned(outputs, name):
+    images = outputs[name]
     assert images.shape[-1] == 32
     assert _values(images) == pytest.approx(EXPECTED[name], abs=TOL), _values(images)
 
