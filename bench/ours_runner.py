@@ -93,7 +93,7 @@ class PrecomputedText(nn.Module):
 def one_candidate_prior(prior: DiffusionPrior) -> PriorComponent:
     """The pipeline's own prior component, told to draw one candidate per caption (the peers draw one).
 
-    ``component.json``'s ``sample.num_candidates`` is the setting a shipped prior carries, so the
+    The component's ``sample.num_candidates`` is the setting a shipped prior carries, so the
     benchmark samples through the same code as ``unclip generate`` (a subclass that re-declared
     ``sample()`` broke when the pipeline started passing ``spacing``).
     """

@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from helpers.pipeline import tiny_pipeline
+from helpers.pipeline import edit_component, tiny_pipeline
 from unclip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -86,11 +86,13 @@ DAMAGE = {
     "pipeline-unknown-key": lambda m: _edit(m / "pipeline.json", lambda i: {**i, "upsamplr": "x"}),
     "pipeline-components-list": lambda m: _edit(m / "pipeline.json", lambda i: {**i, "components": ["decoder"]}),
     "pipeline-bad-steps": lambda m: _edit(m / "pipeline.json", lambda i: {**i, "defaults": {"decoder": {"steps": "x"}}}),
-    "component-missing": lambda m: (m / "decoder" / "component.json").unlink(),
-    "component-number": lambda m: (m / "decoder" / "component.json").write_text("42"),
-    "component-unknown-key": lambda m: _edit(m / "decoder" / "component.json", lambda i: {**i, "noise": 1}),
-    "component-diffusion-typo": lambda m: _edit(m / "decoder" / "component.json",
-                                                lambda i: {**i, "diffusion": {"timestep": 10}}),
+    # a component's settings live in its model.safetensors metadata (unclip.components)
+    "component-missing": lambda m: edit_component(m / "decoder", lambda i: ...),
+    "component-number": lambda m: edit_component(m / "decoder", lambda i: "42"),
+    "component-unreadable": lambda m: edit_component(m / "decoder", lambda i: "{not json"),
+    "component-unknown-key": lambda m: edit_component(m / "decoder", lambda i: {**i, "noise": 1}),
+    "component-diffusion-typo": lambda m: edit_component(m / "decoder", lambda i: {**i, "diffusion": {"timestep": 10}}),
+    "legacy-component-number": lambda m: (m / "decoder" / "component.json").write_text("42"),
     "decoder-folder-missing": lambda m: shutil.rmtree(m / "decoder"),
     "encoder-folder-missing": lambda m: shutil.rmtree(m / "encoder"),
     "weights-zero-bytes": lambda m: (m / "decoder" / "model.safetensors").write_bytes(b""),

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from helpers.pipeline import tiny_pipeline
+from helpers.pipeline import edit_component, tiny_pipeline
 from unclip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -190,15 +190,19 @@ def test_images_are_sampled_and_written_in_batches(models, tmp_path, capsys, mon
 
 # --- 7. model folders ------------------------------------------------------------------------------
 def _edit_json(path, edit):
+    if path.name == "model.safetensors":  # a component's settings live in its metadata (unclip.components)
+        edit_component(path.parent, edit)
+        return
     info = json.loads(path.read_text())
     path.write_text(json.dumps(edit(info)))
 
 
 @pytest.mark.parametrize("file, edit, fragment", [
-    ("decoder/component.json", lambda i: {**i, "noise_levl": 3}, "unknown key 'noise_levl'"),
-    ("decoder/component.json", lambda i: {**i, "role": "upsampler", "low_res_size": "16"}, "'low_res_size' must be"),
-    ("decoder/component.json", lambda i: [i], "holds a list, not a JSON object"),
-    ("decoder/component.json", lambda i: {**i, "sample": {"steps": "many"}}, "'sample.steps' must be an integer"),
+    ("decoder/model.safetensors", lambda i: {**i, "noise_levl": 3}, "unknown key 'noise_levl'"),
+    ("decoder/model.safetensors", lambda i: {**i, "role": "upsampler", "low_res_size": "16"},
+     "'low_res_size' must be"),
+    ("decoder/model.safetensors", lambda i: [i], "hold a list, not a JSON object"),
+    ("decoder/model.safetensors", lambda i: {**i, "sample": {"steps": "many"}}, "'sample.steps' must be an integer"),
     ("pipeline.json", lambda i: {**i, "defualts": {}}, "unknown key 'defualts'"),
     ("pipeline.json", lambda i: {**i, "defaults": {"decoder": {"steps": 2.5}}}, "'defaults.decoder.steps' must be"),
     ("pipeline.json", lambda i: {**i, "defaults": {"decoder": {"stpes": 2}}}, "unknown key 'defaults.decoder.stpes'"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -18,6 +17,7 @@ from unclip.errors import ConfigError, UnclipError
 from unclip.train.stages import get_stage_class
 from unclip.train.stages.decoder import DecoderStage, DecoderStageConfig
 from unclip.train.stages.distill import DistillStage, DistillStageConfig, nested_grids, teacher_ddim_target
+from unclip.components import read_component_info
 
 
 
@@ -143,7 +143,7 @@ def test_distill_rounds_export_and_resume(tmp_path, teacher):
     root, encoder_dir, teacher_dir = teacher
     run = tmp_path / "run"
     final = run_training(DistillStage(_config(root, teacher_dir, train={"eval_every": 2})), run)
-    first = json.loads((run / "eval" / "step_00000002" / "decoder" / "component.json").read_text())
+    first = read_component_info(run / "eval" / "step_00000002" / "decoder")
     assert first["sample"]["steps"] == 4 and first["distilled"] == {**first["distilled"], "steps": 4, "rounds": 1}
     # round 2's teacher is round 1's last student; the student is trained at N = 4 then N = 2
     ckpt = {p.name: load_checkpoint(p).model for p in sorted((run / "checkpoints").iterdir())}
@@ -152,7 +152,7 @@ def test_distill_rounds_export_and_resume(tmp_path, teacher):
     for name, value in last.items():
         if name.startswith("teacher."):
             assert torch.equal(value, after_round_1["student." + name[len("teacher."):]])
-    info = json.loads((final / "decoder" / "component.json").read_text())
+    info = read_component_info(final / "decoder")
     assert info["distilled"]["steps"] == 2 and info["distilled"]["rounds"] == 2 and info["sample"]["steps"] == 2
     pipe = assemble(tmp_path / "pipe", encoder=encoder_dir, decoder=run)
     assert pipe.defaults["decoder"]["steps"] == 2 and pipe.defaults["decoder"]["sampler"] == "ddim"
@@ -214,7 +214,7 @@ def test_guided_distillation_targets_the_guided_teacher_in_round_one(tmp_path, t
         assert guided._teacher_fn(pair, kwargs["drop_image"]) is pair.teacher
         assert loss(guided) == loss(plain)                                # round 2: the student's own trajectory
     final = run_training(guided, tmp_path / "run")
-    info = json.loads((final / "decoder" / "component.json").read_text())
+    info = read_component_info(final / "decoder")
     assert info["sample"]["guidance_scale"] == 1.0 and info["distilled"]["guidance_scale"] == 3.0
     pipe = assemble(tmp_path / "pipe", encoder=encoder_dir, decoder=tmp_path / "run")
     assert pipe.defaults["decoder"]["guidance_scale"] == 1.0 and pipe.defaults["decoder"]["steps"] == 2
@@ -236,7 +236,7 @@ def test_quadratic_spacing_distils_on_its_grid_and_becomes_the_pipeline_default(
         loss = lambda s: float(s.distill_loss(pair, batch, torch.Generator().manual_seed(0), 4)[0])  # noqa: E731
         assert loss(stage) != loss(plain)                  # other grid points, other targets
     final = run_training(stage, tmp_path / "run")
-    info = json.loads((final / "decoder" / "component.json").read_text())
+    info = read_component_info(final / "decoder")
     assert info["sample"]["spacing"] == "quadratic" and info["distilled"]["spacing"] == "quadratic"
     pipe = assemble(tmp_path / "pipe", encoder=encoder_dir, decoder=tmp_path / "run")
     assert pipe.defaults["decoder"]["spacing"] == "quadratic"

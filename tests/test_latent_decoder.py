@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from unclip.models.autoencoder import Autoencoder, AutoencoderConfig
 from unclip.train.stages.autoencoder import AutoencoderStage, AutoencoderStageConfig
 from unclip.train.stages.decoder import DecoderStage, DecoderStageConfig
 from unclip.train.stages.upsampler import UpsamplerStage, UpsamplerStageConfig
+from unclip.components import read_component_info
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +87,7 @@ def test_latent_decoder_trains_on_latents_exports_and_samples_pixels(tmp_path, t
     target = stage.decoder_images(torch.zeros(2, 3, 32, 32))
     assert target.shape == (2, 2, 8, 8)
     final = run_training(stage, tmp_path / "run")
-    info = json.loads((final / "decoder" / "component.json").read_text())
+    info = read_component_info(final / "decoder")
     assert info["autoencoder"] == "autoencoder.safetensors" and info["diffusion"]["min_snr_gamma"] == 5.0
     assert (final / "decoder" / "autoencoder.safetensors").is_file()
     assert list((tmp_path / "run" / "eval").rglob("decoder_samples_*.png"))
@@ -167,7 +167,7 @@ def test_upsampler_trains_on_aligned_crops_and_runs_at_full_size(tmp_path, tiny_
     assert low.shape == (5, 3, 4, 4) and torch.allclose(low, make_low_res(crops, 4))
     assert torch.equal(_upsampler_stage(root, 0).random_crops(images, None), images)
     final = run_training(stage, tmp_path / "run")
-    info = json.loads((final / "upsampler" / "component.json").read_text())
+    info = read_component_info(final / "upsampler")
     assert info["crop_size"] == 16 and info["low_res_size"] == 8 and info["image_size"] == 32
     with pytest.raises(Exception, match="crop_size"):
         _upsampler_stage(root, 18)

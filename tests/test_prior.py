@@ -13,6 +13,7 @@ from unclip.config import from_dict, load_config
 from unclip.encoders.base import TextEncoding
 from unclip.encoders.shards import write_embedding_shards
 from unclip.errors import ConfigError, UnclipError
+from unclip.components import read_component_info
 from unclip.models.embeddings import timestep_embedding
 from unclip.models.prior import DiffusionPrior, PriorConfig, sample_prior
 
@@ -171,7 +172,7 @@ def test_prior_stage_trains_exports_and_evaluates(tmp_path):
     path = final / "prior" / "model.safetensors"
     prior = load_model(path)
     assert isinstance(prior, DiffusionPrior) and prior.config.embed_dim == D and prior.config.max_text_len == L
-    assert json.loads((final / "prior" / "component.json").read_text())["role"] == "prior"
+    assert read_component_info(final / "prior")["role"] == "prior"
     # statistics come from the training split (no encoder stats in this synthetic dir)
     assert float(prior.image_mean.abs().sum()) > 0
     evals = sorted((tmp_path / "run" / "eval").glob("step_*/prior_eval.json"))

@@ -14,6 +14,7 @@ from unclip.config import from_dict, load_config
 from unclip.errors import ConfigError
 from unclip.models.ar_prior import ARPrior, ARPriorConfig
 from unclip.models.prior import sample_prior
+from unclip.components import read_component_info
 
 
 def tiny_ar(**kw) -> ARPrior:
@@ -84,7 +85,7 @@ def test_ar_stage_trains_and_exports(tmp_path):
     final = run_training(stage_cls(config), tmp_path / "run")
     prior = load_model(final / "prior" / "model.safetensors")
     assert isinstance(prior, ARPrior) and prior.config.pca_dims == 6 and prior.config.max_text_len == 3
-    assert json.loads((final / "prior" / "component.json").read_text())["kind"] == "autoregressive"
+    assert read_component_info(final / "prior")["kind"] == "autoregressive"
     table = json.loads(sorted((tmp_path / "run" / "eval").glob("step_*/prior_eval.json"))[-1].read_text())
     # It learned: the image embeddings are a function of the text (write_embeddings), and after 150 steps the
     # sampled embedding ranks its own image far above chance ((48 + 1) / 2 = 24.5; measured 14.6; 40 steps of

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from unclip.errors import UnclipError
 from unclip.train.stages import get_stage_class
 from unclip.train.stages.decoder import DecoderStage, DecoderStageConfig
 from unclip.train.stages.upsampler import UpsamplerStage, UpsamplerStageConfig
+from unclip.components import read_component_info
 
 
 
@@ -70,7 +70,7 @@ def test_decoder_stage_trains_exports_and_assembles(tmp_path, tiny_data, conditi
     assert (cfg.image_embed_dim, cfg.text_embed_dim) == ((16, 0) if conditioning == "unclip" else (0, 16))
     final = run_training(stage, tmp_path / "run")
     assert_loss_falls(tmp_path / "run")
-    info = json.loads((final / "decoder" / "component.json").read_text())
+    info = read_component_info(final / "decoder")
     assert info["role"] == "decoder" and info["conditioning"] == conditioning and info["diffusion"]["timesteps"] == 100
     grids = list((tmp_path / "run" / "eval").rglob("decoder_samples_*.png"))
     assert grids and Image.open(grids[0]).size[0] > 32
@@ -162,7 +162,7 @@ def test_upsampler_stage_trains_and_exports(tmp_path, tiny_data):
     assert low.shape == (3, 3, 16, 16) and level.shape == (3,)
     final = run_training(stage, tmp_path / "run")
     assert_loss_falls(tmp_path / "run")
-    info = json.loads((final / "upsampler" / "component.json").read_text())
+    info = read_component_info(final / "upsampler")
     assert info["low_res_size"] == 16 and info["role"] == "upsampler"
     assert list((tmp_path / "run" / "eval").rglob("upsampler_samples_*.png"))
 

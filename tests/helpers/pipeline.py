@@ -94,3 +94,23 @@ def circle_data(root: Path, encoder_dir: Path) -> tuple[Path, Path]:
             (root / split / f"{i:03d}.txt").write_text(f"a {name} circle")
     tiny_encoder().save(encoder_dir)
     return root, encoder_dir
+
+
+def edit_component(directory: Path, change) -> None:
+    """Rewrite the component settings in ``directory/model.safetensors``'s metadata (as a user editing a
+    damaged file would): ``change(info)`` gives the new JSON value, or ``...`` to drop them; a string is
+    written as it is."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = Path(directory) / "model.safetensors"
+    with safe_open(str(path), "pt") as handle:
+        metadata = dict(handle.metadata())
+    value = change(json.loads(metadata["component"]))
+    if value is ...:
+        metadata.pop("component")
+    else:
+        metadata["component"] = value if isinstance(value, str) else json.dumps(value)
+    save_file(load_file(str(path)), str(path), metadata=metadata)

@@ -1,4 +1,4 @@
-"""``unclip models`` (list shipped and local pipelines) and ``unclip assemble``."""
+"""``unclip models`` (list shipped and local pipelines), ``unclip assemble`` and ``unclip convert``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ ASSEMBLE_EXAMPLES = """
   unclip assemble --out runs/pipeline-shapes --encoder runs/clip-shapes/final/encoder \\
       --prior runs/prior-shapes --decoder runs/decoder-shapes --upsampler runs/upsampler-shapes
   unclip generate --model runs/pipeline-shapes "a large red circle in the center"
+  # a cascade (e.g. 64 -> 256 -> 1024): give --upsampler once per stage, in order
+"""
+CONVERT_EXAMPLES = """
+  unclip convert runs/pipeline-shapes          # a pipeline directory, in place
+  unclip convert runs/decoder-shapes/final/decoder
 """
 
 
@@ -34,8 +39,15 @@ def register(subparsers) -> None:
     p.add_argument("--encoder", required=True, help="encoder directory")
     p.add_argument("--decoder", required=True, help="decoder run directory (or its final/decoder folder)")
     p.add_argument("--prior", default=None, help="prior run directory (omit for a text-only GLIDE-style decoder)")
-    p.add_argument("--upsampler", default=None, help="upsampler run directory")
+    p.add_argument("--upsampler", action="append", default=None,
+                   help="upsampler run directory; repeat for a cascade, in order")
     p.add_argument("--name", default=None, help="name recorded in pipeline.json")
+    p = add_command(subparsers, "convert", help="rewrite an old model folder in today's layout",
+                    description="Rewrite a pipeline directory or component folder saved by an older unclip "
+                                "(component.json beside the weights, pipeline.json version 1) in place: each "
+                                "component becomes one self-describing model.safetensors.",
+                    examples=CONVERT_EXAMPLES, func=run_convert)
+    p.add_argument("path", help="pipeline directory or component folder")
 
 
 def _describe(directory: Path) -> tuple[str, str, float]:
@@ -84,10 +96,22 @@ def run_assemble(args) -> int:
     from unclip.pipelines import assemble
 
     for label, value in (("--encoder", args.encoder), ("--decoder", args.decoder), ("--prior", args.prior),
-                         ("--upsampler", args.upsampler)):
+                         *(("--upsampler", up) for up in args.upsampler or ())):
         if value is not None and not Path(value).exists():
             raise UnclipError(f"{label} path not found: {value}")
     assemble(args.out, encoder=args.encoder, decoder=args.decoder, prior=args.prior, upsampler=args.upsampler,
              name=args.name)
     print(f"pipeline written to {args.out}")
+    return 0
+
+
+def run_convert(args) -> int:
+    from unclip.pipelines.convert import convert
+
+    if not Path(args.path).exists():
+        raise UnclipError(f"path not found: {args.path}")
+    changed = convert(args.path)
+    for line in changed:
+        print(line)
+    print(f"{args.path}: already in today's layout" if not changed else f"converted {args.path}")
     return 0

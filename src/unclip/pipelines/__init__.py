@@ -76,12 +76,13 @@ def load_pipeline(path_or_name: str | Path | None = None, *, device: str | torch
 
 
 def assemble(out_dir: str | Path, *, encoder: str | Path, decoder: str | Path, prior: str | Path | None = None,
-             upsampler: str | Path | None = None, defaults: dict[str, Any] | None = None,
+             upsampler: str | Path | list[str | Path] | None = None, defaults: dict[str, Any] | None = None,
              name: str | None = None):
     """Build an unCLIP pipeline directory from trained stage outputs; returns the loaded pipeline.
 
     ``encoder``: an encoder directory; ``prior``/``decoder``/``upsampler``: a training run directory
-    (``RUNDIR``, read from ``RUNDIR/final/<stage>``), its ``final`` folder, or the component folder itself.
+    (``RUNDIR``, read from ``RUNDIR/final/<stage>``), its ``final`` folder, or the component folder itself;
+    ``upsampler`` may be a list: the cascade after the decoder, in order.
     """
     from unclip.pipelines.unclip import assemble_unclip
 

@@ -16,8 +16,10 @@ Image i is sampled with its own generator seeded by ``out.seeds[i]`` (rows of a 
 from their own generators), so ``seed=out.seeds[i], num_images_per_prompt=1`` reproduces it up to
 float rounding of the batched networks (a token can flip only where two logits nearly tie).
 
-Directory: ``pipeline.json`` (kind "clipvq", diffusion settings, defaults) + ``encoder/``,
-``vq/model.safetensors``, ``transformer/model.safetensors``.
+Directory: ``pipeline.json`` (kind "clipvq", condition, info) + ``encoder/``, ``vq/model.safetensors`` and
+``transformer/model.safetensors``, each one self-describing component file (``unclip.components``): the
+transformer's holds the mask-and-replace process and the sampling defaults. Version 1 directories kept
+those two in ``pipeline.json``; they still load.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from unclip.checkpoint import atomic_write_text, load_model, replace_dir, save_model
-from unclip.config import from_dict, to_dict
+from unclip.checkpoint import atomic_write_text, load_model, replace_dir
+from unclip.components import COMPONENT_FILE, load_component, save_component
+from unclip.config import from_dict
 from unclip.diffusion import discrete
 from unclip.diffusion.discrete import DiscreteDiffusionConfig
 from unclip.encoders.base import check_captions
@@ -201,11 +204,11 @@ class ClipVQPipeline:
 
     # --- save / load -------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "version": 1, "name": self.name, "image_size": self.image_size,
+        """``pipeline.json`` (version 2: the noise process and defaults are in the transformer's file)."""
+        return {"kind": self.kind, "version": 2, "name": self.name, "image_size": self.image_size,
                 "components": {"encoder": "encoder" if self.encoder is not None else None,
                                "vq": "vq", "transformer": "transformer"},
-                "condition": self.condition, "diffusion": to_dict(self.diffusion),
-                "defaults": self.defaults, "info": self.info}
+                "condition": self.condition, "info": self.info}
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write the pipeline directory (a temp dir renamed into place)."""
@@ -217,8 +220,9 @@ class ClipVQPipeline:
         try:
             if self.encoder is not None:
                 self.encoder.save(tmp / "encoder")
-            save_model(self.vq, tmp / "vq" / "model.safetensors")
-            save_model(self.transformer, tmp / "transformer" / "model.safetensors")
+            save_component(tmp / "vq", self.vq, role="vq")
+            save_component(tmp / "transformer", self.transformer, role="transformer", diffusion=self.diffusion,
+                           sample_defaults=self.defaults)
             atomic_write_text(tmp / "pipeline.json", json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
             replace_dir(tmp, directory)
         except BaseException:
@@ -236,15 +240,20 @@ class ClipVQPipeline:
             raise CheckpointError(f"{directory} holds a {info['kind']!r} pipeline, not a CLIP-VQDiffusion one")
         parts = info.get("components", {})
         for part in ("vq", "transformer"):
-            if not (directory / parts.get(part, part) / "model.safetensors").is_file():
-                raise CheckpointError(f"{directory} lacks {part}/model.safetensors; rebuild the pipeline directory")
-        vq = load_model(directory / parts.get("vq", "vq") / "model.safetensors", device=device, expected=VQModel)
-        transformer = load_model(directory / parts.get("transformer", "transformer") / "model.safetensors",
-                                 device=device, expected=TokenTransformer)
+            if not (directory / parts.get(part, part) / COMPONENT_FILE).is_file():
+                raise CheckpointError(f"{directory} lacks {part}/{COMPONENT_FILE}; rebuild the pipeline directory")
+        vq = load_component(directory / parts.get("vq", "vq"), device=device, roles=("vq",), expected=VQModel).model
+        folder = directory / parts.get("transformer", "transformer")
+        if "diffusion" in info:  # version 1: the noise process and the defaults were kept in pipeline.json
+            transformer = load_model(folder / COMPONENT_FILE, device=device, expected=TokenTransformer)
+            diffusion, defaults = from_dict(DiscreteDiffusionConfig, info["diffusion"]), info.get("defaults")
+        else:
+            stored = load_component(folder, device=device, roles=("transformer",), expected=TokenTransformer)
+            transformer, diffusion = stored.model, stored.diffusion
+            defaults = {**stored.sample_defaults, **info.get("defaults", {})}
         encoder = load_encoder(directory / parts["encoder"], device=device) if parts.get("encoder") else None
-        return cls(encoder, vq, transformer, diffusion=from_dict(DiscreteDiffusionConfig, info.get("diffusion", {})),
-                   condition=info.get("condition", "image"), defaults=info.get("defaults"),
-                   info=info.get("info"), name=info.get("name") or directory.name)
+        return cls(encoder, vq, transformer, diffusion=diffusion, condition=info.get("condition", "image"),
+                   defaults=defaults, info=info.get("info"), name=info.get("name") or directory.name)
 
 
 def _format(images: torch.Tensor, output_type: str):

@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw
 from unclip.diffusion.samplers import sdedit_start
 from unclip.errors import UnclipError
 from unclip.pipelines import PipelineOutput
+from unclip.pipelines.decoder import settings_stage
 from unclip.pipelines.images import check_finite, image_to_tensor
 
 __all__ = ["img2img", "inpaint", "inpaint_clipvq", "box_mask", "parse_box", "mask_tensor", "StageEdit",
@@ -53,9 +54,10 @@ MaskLike = Image.Image | str | Path | torch.Tensor | Sequence[float]
 class StageEdit:
     """Extra sampler arguments per stage (``sample_decoder`` / ``sample_upsampler``), sliced to a group.
 
-    ``UnCLIPPipeline._run`` calls ``stage_kwargs(stage, group)`` for each group of images; tensors are
-    indexed by the group's image positions. ``stochastic`` makes it sample each image alone with its own
-    generator (RePaint draws noise at every step whatever the sampler)."""
+    ``DecoderPipeline.generate`` calls ``stage_kwargs(stage, group)`` for each cascade stage (``decoder``,
+    ``upsampler``, ``upsampler_2``, ...) and group of images; tensors are indexed by the group's image
+    positions. ``stochastic`` makes it sample each image alone with its own generator (RePaint draws noise
+    at every step whatever the sampler)."""
 
     def __init__(self, per_stage: dict[str, dict], *, stochastic: bool = False):
         self.per_stage, self.stochastic = per_stage, stochastic
@@ -170,8 +172,8 @@ def _conditioning(pipe, x: torch.Tensor, prompt: str | None, negative_prompt: st
         if not unclip_decoder:
             raise UnclipError("image_embed_source='image' needs an unCLIP decoder; this one is text-only")
         return text, negative, pipe.encoder.encode_image(x).float().expand(n, -1), source
-    pipe._check_image_embed_source(source)
-    return text, negative, pipe._fixed_image_embed(source, text), source
+    pipe.check_image_embed_source(source)
+    return text, negative, pipe.fixed_image_embed(source, text), source
 
 
 def _prepare(pipe, image, prompt, negative_prompt, image_embed_source, num_images, seed, stage_settings,
@@ -187,7 +189,7 @@ def _prepare(pipe, image, prompt, negative_prompt, image_embed_source, num_image
     if image_eta is not None:
         if not 0 <= image_eta <= 1:
             raise UnclipError(f"eta must be in [0, 1], got {image_eta}")
-        for stage in ("decoder", "upsampler"):
+        for stage in ("decoder", "upsampler"):  # "upsampler": every upsampler of the cascade
             if stage in settings and settings[stage]["sampler"] == "ddim":
                 settings[stage]["eta"] = float(image_eta)
     picture = _open(image)
@@ -197,18 +199,20 @@ def _prepare(pipe, image, prompt, negative_prompt, image_embed_source, num_image
     if source != "prior":
         settings.pop("prior", None)
     seeds = make_seeds(seed, num_images)
-    noise = pipe._noise(seeds, with_prior=pipe.prior is not None)  # the draws of plain generation
-    out_size = pipe.upsampler.image_size if "upsampler" in settings else pipe.decoder_size
-    x_out = _image_at(picture, out_size, pipe.device)
+    noise = pipe.noise(seeds, with_prior=pipe.prior is not None)  # the draws of plain generation
     known = {"decoder": pipe.decoder.from_pixels(x_dec).expand(num_images, -1, -1, -1)}
-    if "upsampler" in settings:
-        known["upsampler"] = x_out.expand(num_images, -1, -1, -1)
+    x_out = x_dec
+    for stage, component in _components(pipe, settings).items():  # each upsampler: the input at its size
+        if stage != "decoder":
+            x_out = _image_at(picture, component.image_size, pipe.device)
+            known[stage] = x_out.expand(num_images, -1, -1, -1)
     return dict(settings=settings, picture=picture, text=text, negative=negative, image_embed=image_embed,
                 source=source, seeds=seeds, noise=noise, x_out=x_out, known=known)
 
 
-def _components(pipe) -> dict:
-    return {"decoder": pipe.decoder, "upsampler": pipe.upsampler}
+def _components(pipe, settings: dict) -> dict:
+    """{cascade stage: component} for the stages ``settings`` runs (``decoder``, ``upsampler``, ``upsampler_2``...)."""
+    return dict(pipe.decoder_pipeline.stages_to_run(settings))
 
 
 @torch.no_grad()
@@ -225,16 +229,14 @@ def img2img(pipe, image: ImageLike, prompt: str | None = None, *, strength: floa
         raise UnclipError(f"strength must be in [0, 1], got {strength!r}")
     job = _prepare(pipe, image, prompt, negative_prompt, image_embed_source, num_images, seed, stage_settings)
     settings, noise, per_stage = job["settings"], job["noise"], {}
-    for stage, component in _components(pipe).items():
-        if stage not in settings:
-            continue
-        s = settings[stage]
+    for stage, component in _components(pipe, settings).items():
+        s = settings[settings_stage(stage)]
         x_start, start_step = sdedit_start(job["known"][stage], torch.cat(noise[stage]), component.diffusion,
                                            steps=s["steps"], spacing=s["spacing"], strength=float(strength))
         noise[stage] = list(x_start.split(1))
         per_stage[stage] = {"start_step": start_step}
-    images = pipe._run(job["seeds"], noise, settings, callback, progress, 16, text=job["text"],
-                       negative=job["negative"], image_embed=job["image_embed"], edit=StageEdit(per_stage))
+    images = pipe.sample(noise, settings, text=job["text"], negative=job["negative"], image_embed=job["image_embed"],
+                         callback=callback, progress=progress, edit=StageEdit(per_stage))
     info = {"operation": "img2img", "prompt": prompt, "strength": float(strength), "negative_prompt": negative_prompt,
             "image_embed_source": job["source"], "stages": settings,
             "start_steps": {stage: v["start_step"] for stage, v in per_stage.items()}}
@@ -261,14 +263,14 @@ def inpaint(pipe, image: ImageLike, mask: MaskLike, prompt: str | None = None, *
     settings, out_size = job["settings"], job["x_out"].shape[-1]
     pixel_mask = mask_tensor(mask, job["picture"], out_size, pipe.device)  # [1, 1, S, S]
     per_stage = {}
-    for stage in ("decoder", "upsampler"):
-        if stage in settings:
+    for stage in _components(pipe, settings):
+        if stage in job["known"]:
             known = job["known"][stage]
             per_stage[stage] = {"known": known, "resample": resample,
                                 "mask": _mask_to(pixel_mask, known.shape[-1]).expand(num_images, -1, -1, -1)}
-    images = pipe._run(job["seeds"], job["noise"], settings, callback, progress, 16, text=job["text"],
-                       negative=job["negative"], image_embed=job["image_embed"],
-                       edit=StageEdit(per_stage, stochastic=True))
+    images = pipe.sample(job["noise"], settings, text=job["text"], negative=job["negative"],
+                         image_embed=job["image_embed"], callback=callback, progress=progress,
+                         edit=StageEdit(per_stage, stochastic=True))
     if paste_back:
         images = pixel_mask * images + (1 - pixel_mask) * job["x_out"]
     info = {"operation": "inpaint", "prompt": prompt, "resample": resample, "paste_back": paste_back,

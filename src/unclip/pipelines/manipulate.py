@@ -8,7 +8,9 @@
 * **Text diffs** (§3.3, Fig. 5): z_d = normalise(z_t − z_t0) for a current caption t0 and a target t;
   frames decode slerp(z_i, z_d, θ) for θ from 0 to ``max_theta``, from the image's DDIM-inverted latent.
 
-All functions take a loaded ``UnCLIPPipeline`` and return a ``PipelineOutput``.
+All functions take a loaded ``UnCLIPPipeline`` and return a ``PipelineOutput``. They compose public
+calls: the encoder's ``encode_image`` / ``encode_text`` for z_i, and the decoder half of the pipeline
+(``pipe.decoder_pipeline``: its ``noise`` and ``generate``) for the images; the prior is not used.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from unclip.pipelines.images import check_finite, image_to_tensor, load_image
 from unclip.pipelines.sampling import decoder_kwargs
 from unclip.precision import autocast
 
-__all__ = ["slerp", "variations", "interpolate", "text_diff", "text_diff_embeddings", "invert"]
+__all__ = ["slerp", "variations", "interpolate", "text_diff", "text_diff_embeddings", "invert",
+           "decode_embeddings"]
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, theta: float | torch.Tensor) -> torch.Tensor:
@@ -100,6 +103,17 @@ def _frames_check(num_frames: int) -> None:
         raise UnclipError(f"num_frames must be in [2, 64], got {num_frames}")
 
 
+def decode_embeddings(pipe, image_embed: torch.Tensor, seeds: list[int], settings: dict[str, dict], callback,
+                      progress: bool, decoder_noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Images decoded from z_i [N, D] by the decoder pipeline, image i's noise drawn from seed i."""
+    from unclip.pipelines.unclip import generators
+
+    half = pipe.decoder_pipeline
+    gens = generators(seeds, pipe.device)
+    return half.generate(image_embed, noise=half.noise(gens, decoder_noise=decoder_noise), settings=settings,
+                         generators=gens, callback=callback, progress=progress)
+
+
 def _finish(pipe, images, seeds, labels, settings, output_type) -> PipelineOutput:
     images = check_finite(images, pipe.name)
     return PipelineOutput(images=pipe.format(images, output_type), seeds=seeds, prompts=labels, settings=settings)
@@ -124,8 +138,7 @@ def variations(pipe, image, *, num_images: int = 4, seed=None, callback: Callabl
     fixed = None
     if from_inversion:
         fixed = _invert(pipe, x, z, settings).repeat(num_images, 1, 1, 1)
-    noise = pipe._noise(seeds, with_prior=False, decoder_noise=fixed)
-    images = pipe._run(seeds, noise, settings, callback, progress, 16, image_embed=z.repeat(num_images, 1))
+    images = decode_embeddings(pipe, z.repeat(num_images, 1), seeds, settings, callback, progress, fixed)
     info = {"operation": "variations", "from_inversion": from_inversion, "stages": settings}
     return _finish(pipe, images, seeds, [f"variation {i + 1}" for i in range(num_images)], info, output_type)
 
@@ -154,8 +167,7 @@ def interpolate(pipe, image_a, image_b, *, num_frames: int = 8, seed=None, callb
         fixed = fixed.reshape(num_frames, *latents.shape[1:])
     else:
         fixed = None
-    state = pipe._noise(seeds, with_prior=False, decoder_noise=fixed)
-    images = pipe._run(seeds, state, settings, callback, progress, 16, image_embed=z_frames)
+    images = decode_embeddings(pipe, z_frames, seeds, settings, callback, progress, fixed)
     info = {"operation": "interpolate", "noise": noise, "thetas": thetas.flatten().tolist(), "stages": settings}
     labels = [f"frame {i + 1} (theta={t:.2f})" for i, t in enumerate(thetas.flatten().tolist())]
     return _finish(pipe, images, seeds, labels, info, output_type)
@@ -195,8 +207,7 @@ def text_diff(pipe, image, from_caption: str, to_caption: str, *, num_frames: in
     z_frames = text_diff_embeddings(pipe, z, from_caption, to_caption, thetas)
     seeds = make_seeds(seed, 1) * num_frames
     fixed = _invert(pipe, x, z, settings).repeat(num_frames, 1, 1, 1) if noise == "inversion" else None
-    state = pipe._noise(seeds, with_prior=False, decoder_noise=fixed)
-    images = pipe._run(seeds, state, settings, callback, progress, 16, image_embed=z_frames)
+    images = decode_embeddings(pipe, z_frames, seeds, settings, callback, progress, fixed)
     info = {"operation": "text_diff", "from": from_caption, "to": to_caption, "noise": noise,
             "thetas": thetas.tolist(), "stages": settings}
     labels = [f"theta={t:.2f}" for t in thetas.tolist()]

@@ -5,24 +5,28 @@
 image, ``sample(text, negative, ...)`` → CLIP image embeddings [B, D] (best of ``num_candidates`` by
 z_i · z_t, with classifier-free guidance whose unconditional branch is the negative prompt when given),
 and ``save(dir)``. The networks and their sampling algorithms live in those modules (issue 5); this
-module only adapts the call and keeps ``component.json`` beside the weights.
+module only adapts the call. The component is one file (``unclip.components``).
+
+``PriorPipeline`` is the text half of the pipeline cut at the image embedding (issue #19): text → z_i,
+batched like the decoder half so one seed gives one image whichever way the halves are called.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from unclip.errors import CheckpointError
+from unclip.components import load_component, save_component
+from unclip.precision import autocast
 
-__all__ = ["PriorComponent", "load_prior_component"]
+__all__ = ["PriorComponent", "PriorPipeline", "load_prior_component"]
 
 
 class PriorComponent:
-    """A loaded prior ``model`` (nn.Module with ``.config``) and its ``component.json`` ``info``."""
+    """A loaded prior ``model`` (nn.Module with ``.config``) and its component settings ``info``."""
 
     def __init__(self, model: torch.nn.Module, info: dict[str, Any] | None = None):
         self.model = model.eval()
@@ -57,24 +61,54 @@ class PriorComponent:
                             generator=generator, callback=callback, spacing=spacing)
 
     def save(self, directory: Path) -> None:
-        from unclip.checkpoint import atomic_write_text, save_model
-
-        directory = Path(directory)
-        save_model(self.model, directory / "model.safetensors",
-                   extra_metadata={"component": json.dumps(self.info, sort_keys=True)})
-        atomic_write_text(directory / "component.json", json.dumps(self.info, indent=2, sort_keys=True) + "\n")
+        extra = {k: v for k, v in self.info.items() if k not in ("role", "sample")}
+        save_component(directory, self.model, role="prior", sample_defaults=self.info.get("sample"), extra=extra)
 
 
 def load_prior_component(directory: str | Path, device) -> PriorComponent:
-    from unclip.checkpoint import load_model
-    from unclip.pipelines.manifest import check_component_info, read_json_object
+    stored = load_component(directory, device=device, roles=("prior",))
+    return PriorComponent(stored.model, stored.info)
 
-    directory = Path(directory)
-    path = directory / "model.safetensors"
-    if not path.is_file():
-        raise CheckpointError(f"prior not found: {path}")
-    info = None
-    if (directory / "component.json").is_file():
-        info = read_json_object(directory / "component.json", "re-export the prior")
-        check_component_info(info, directory / "component.json", ("prior",))
-    return PriorComponent(load_model(path, device=device), info)
+
+class PriorPipeline:
+    """Text → CLIP image embedding z_i [N, D] (unCLIP §2.1), for the diffusion and the AR prior alike."""
+
+    def __init__(self, encoder, prior: PriorComponent):
+        self.encoder, self.prior = encoder, prior
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.prior.model.parameters()).device
+
+    def noise(self, generators: Sequence[torch.Generator]) -> list[torch.Tensor]:
+        """Image i's prior starting noise [1, D], the first draw from ``generators[i]``."""
+        return [self.prior.noise(1, generator=g, device=self.device) for g in generators]
+
+    @torch.no_grad()
+    def generate(self, text, negative=None, *, noise: Sequence[torch.Tensor], settings: dict[str, Any],
+                 generators: Sequence[torch.Generator], groups: Sequence[Sequence[int]] | None = None,
+                 stochastic: bool = False, callback: Callable | None = None, progress: bool = True) -> torch.Tensor:
+        """z_i [N, D] for ``text`` (a TextEncoding of N captions), sampled with the prior's ``settings``.
+
+        ``groups``: the batches of image indices (``unclip.pipelines.decoder.batches``; default one batch);
+        ``stochastic``: the groups hold one image each and sample with that image's generator."""
+        from unclip.pipelines.decoder import select_rows, stage_callback
+
+        n = len(noise)
+        groups = groups or [list(range(n))]
+        s = settings
+        bar = tqdm(total=s["steps"] * len(groups), desc="prior", disable=not progress, leave=False)
+        out = []
+        try:
+            for group in groups:
+                generator = generators[group[0]] if stochastic else None
+                with autocast(s["precision"], self.device):
+                    out.append(self.prior.sample(
+                        select_rows(text, list(group)), select_rows(negative, list(group)),
+                        noise=torch.cat([noise[i] for i in group]), steps=s["steps"], sampler=s["sampler"],
+                        guidance_scale=s["guidance_scale"], eta=s["eta"], generator=generator,
+                        spacing=s["spacing"], callback=stage_callback("prior", bar, callback)).float())
+        finally:
+            bar.close()
+        return torch.cat(out)
+

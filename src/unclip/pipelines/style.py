@@ -156,7 +156,7 @@ def _text_diff_restyle(pipe, image, from_caption, to_caption, theta, num_images,
     """One text-diff frame at ``theta`` (§3.3) per image, all from the image's DDIM-inverted latent."""
     from unclip.pipelines.edits import _image_at, _open
     from unclip.pipelines.images import check_finite
-    from unclip.pipelines.manipulate import invert, text_diff_embeddings
+    from unclip.pipelines.manipulate import decode_embeddings, invert, text_diff_embeddings
     from unclip.pipelines.unclip import make_seeds
 
     if not pipe.decoder.model.config.image_embed_dim:
@@ -175,8 +175,8 @@ def _text_diff_restyle(pipe, image, from_caption, to_caption, theta, num_images,
     s = settings["decoder"]
     latent = invert(pipe, x, z, s["steps"], s["precision"], s["spacing"])
     seeds = make_seeds(seed, num_images)
-    noise = pipe._noise(seeds, with_prior=False, decoder_noise=latent.repeat(num_images, 1, 1, 1))
-    images = pipe._run(seeds, noise, settings, callback, progress, 16, image_embed=z_new.repeat(num_images, 1))
+    images = decode_embeddings(pipe, z_new.repeat(num_images, 1), seeds, settings, callback, progress,
+                     latent.repeat(num_images, 1, 1, 1))
     info = {"theta": float(theta), "eta": float(eta), "stages": settings}
     return PipelineOutput(images=pipe.format(check_finite(images, pipe.name), output_type), seeds=seeds,
                           prompts=[to_caption] * num_images, settings=info)

@@ -17,8 +17,16 @@ alone with its own generator, so ``seed=seeds[i], num_images_per_prompt=1`` give
 noise either way; the image itself matches up to float rounding (batch size, threads and CPU change the
 last bits; see the README).
 
-Directory layout (``save`` / ``load``): ``pipeline.json`` + ``encoder/``, ``prior/``, ``decoder/``,
-``upsampler/``; each model folder holds ``model.safetensors`` (config inside) and ``component.json``.
+The pipeline is cut at the image embedding (issue #19, the Kandinsky 2.2 seam): ``prior_pipeline``
+(``unclip.pipelines.prior_adapter.PriorPipeline``: text → z_i) and ``decoder_pipeline``
+(``unclip.pipelines.decoder.DecoderPipeline``: z_i [+ text] → image through a list of upsamplers).
+``UnCLIPPipeline`` composes them; ``decode`` takes your own embedding, ``embed`` returns the prior's;
+the manipulations call the decoder pipeline alone. A cascade stage is added with
+``pipe.upsamplers.append(component)``.
+
+Directory layout (``save`` / ``load``): ``pipeline.json`` + ``encoder/``, ``prior/``, ``decoder/`` and one
+folder per upsampler (``upsampler/``, ``upsampler_2/``, ...; ``pipeline.json``'s ``"upsamplers"`` lists
+them in order); each model folder holds one self-describing ``model.safetensors`` (``unclip.components``).
 """
 
 from __future__ import annotations
@@ -31,25 +39,22 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from unclip.checkpoint import atomic_write_text, load_model, replace_dir, save_model
-from unclip.config import from_dict
-from unclip.diffusion.gaussian import GaussianDiffusion
-from unclip.diffusion.schedule import SPACINGS, DiffusionConfig
+from unclip.checkpoint import atomic_write_text, replace_dir
+from unclip.components import COMPONENT_FILE
+from unclip.diffusion.schedule import SPACINGS
 from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
-from unclip.models.unet import UNet
 from unclip.pipelines import PipelineOutput, read_pipeline_json
+from unclip.pipelines.decoder import Component, DecoderPipeline, batches, upsampler_stage
 from unclip.pipelines.diffusers_compat import diffusers_call
 from unclip.pipelines.images import check_finite, to_numpy, to_pil
-from unclip.pipelines.manifest import check_component_info, read_json_object
-from unclip.pipelines.prior_adapter import PriorComponent, load_prior_component
-from unclip.pipelines.sampling import check_sampler, fast_layout, is_stochastic, sample_decoder, sample_upsampler
-from unclip.precision import autocast, resolve_precision
-from unclip.train.stages.decoder import write_component
+from unclip.pipelines.prior_adapter import PriorComponent, PriorPipeline, load_prior_component
+from unclip.pipelines.sampling import check_sampler, is_stochastic
+from unclip.precision import resolve_precision
 
-__all__ = ["UnCLIPPipeline", "Component", "assemble_unclip", "make_seeds", "DEFAULTS", "IMAGE_EMBED_SOURCES"]
+__all__ = ["UnCLIPPipeline", "Component", "assemble_unclip", "make_seeds", "generators", "DEFAULTS",
+           "IMAGE_EMBED_SOURCES"]
 
 DEFAULTS = {  # "precision": "auto" = bf16 where the hardware has native bf16, else fp32 (unclip.precision)
     "prior": {"steps": 25, "sampler": "ddim", "guidance_scale": 2.0, "precision": "auto"},
@@ -58,66 +63,6 @@ DEFAULTS = {  # "precision": "auto" = bf16 where the hardware has native bf16, e
 }
 SEED_MAX = 2**31 - 1
 IMAGE_EMBED_SOURCES = ("prior", "text", "none")
-
-
-class Component:
-    """A UNet (decoder or upsampler) with its diffusion process and ``component.json`` settings.
-
-    A latent decoder (``info["autoencoder"]``) also holds the frozen autoencoder whose latents its UNet
-    denoises; ``to_pixels`` / ``from_pixels`` cross between its samples and images (identity otherwise).
-    """
-
-    def __init__(self, model: UNet, info: dict[str, Any], autoencoder: torch.nn.Module | None = None):
-        self.model = model.eval()
-        self.info = dict(info)
-        self.diffusion = GaussianDiffusion(from_dict(DiffusionConfig, info.get("diffusion", {})))
-        self.autoencoder = autoencoder.eval() if autoencoder is not None else None
-
-    @property
-    def image_size(self) -> int:
-        """Side of the images this component produces (the autoencoder's for a latent decoder)."""
-        return (self.autoencoder or self.model).config.image_size
-
-    @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one sample the UNet denoises: pixels, or latents for a latent decoder."""
-        cfg = self.model.config
-        return (cfg.in_channels, cfg.image_size, cfg.image_size)
-
-    @property
-    def latent(self) -> bool:
-        return self.autoencoder is not None
-
-    def to_pixels(self, samples: torch.Tensor) -> torch.Tensor:
-        return samples if self.autoencoder is None else self.autoencoder.decode(samples.float()).float()
-
-    def from_pixels(self, images: torch.Tensor) -> torch.Tensor:
-        return images if self.autoencoder is None else self.autoencoder.encode(images.float())
-
-    def modules(self) -> list[torch.nn.Module]:
-        return [self.model] + ([self.autoencoder] if self.autoencoder is not None else [])
-
-    @classmethod
-    def load(cls, directory: Path, device) -> "Component":
-        directory = Path(directory)
-        path = directory / "model.safetensors"
-        info = read_json_object(directory / "component.json", "re-export the model")
-        check_component_info(info, directory / "component.json", ("decoder", "upsampler"))
-        autoencoder = None
-        if info.get("autoencoder"):
-            from unclip.models.autoencoder import Autoencoder
-
-            name = info["autoencoder"]
-            if Path(name).name != name or name.startswith("."):
-                raise CheckpointError(f"{directory / 'component.json'}: 'autoencoder' must be a file name in "
-                                      f"{directory}, got {name!r}")
-            autoencoder = load_model(directory / name, device=device, expected=Autoencoder)
-        return cls(load_model(path, device=device, expected=UNet), info, autoencoder)
-
-    def save(self, directory: Path) -> None:
-        write_component(Path(directory), self.model, self.info)
-        if self.autoencoder is not None:
-            save_model(self.autoencoder, Path(directory) / self.info["autoencoder"])
 
 
 def make_seeds(seed: int | Sequence[int] | torch.Generator | None, count: int) -> list[int]:
@@ -139,6 +84,11 @@ def make_seeds(seed: int | Sequence[int] | torch.Generator | None, count: int) -
     return seeds
 
 
+def generators(seeds: Sequence[int], device) -> list[torch.Generator]:
+    """One generator per image, seeded by its seed: every stage's starting noise is drawn from it in order."""
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
 def _check_positive(name: str, value, high: float) -> None:
     if value is None:
         return
@@ -152,42 +102,66 @@ class UnCLIPPipeline:
     kind = "unclip"
 
     def __init__(self, encoder, decoder: Component, *, prior: PriorComponent | None = None,
-                 upsampler: Component | None = None, defaults: dict[str, dict] | None = None,
-                 name: str | None = None):
+                 upsampler: Component | None = None, upsamplers: Sequence[Component] = (),
+                 defaults: dict[str, dict] | None = None, name: str | None = None):
+        """``upsamplers``: the cascade after the decoder, in order; ``upsampler`` is one (older callers)."""
         self.encoder = encoder.eval()
-        self.prior, self.decoder, self.upsampler = prior, decoder, upsampler
+        if upsampler is not None and upsamplers:
+            raise UnclipError("pass upsampler= (one) or upsamplers= (a list), not both")
+        self.prior_pipeline = PriorPipeline(self.encoder, prior) if prior is not None else None
+        self.decoder_pipeline = DecoderPipeline(self.encoder, decoder, [upsampler] if upsampler else upsamplers)
         self.name = name
         self.defaults = {k: dict(v, **(defaults or {}).get(k, {})) for k, v in DEFAULTS.items()}
         cfg = decoder.model.config
-        # An unCLIP decoder needs z_i: from the prior for text, or from an image for the manipulations.
-        self._text_to_image = prior is not None or not cfg.image_embed_dim
-        if upsampler is not None and int(upsampler.info.get("low_res_size", decoder.image_size)) != decoder.image_size:
-            raise CheckpointError(f"the upsampler expects {upsampler.info['low_res_size']} px inputs but the decoder "
-                                  f"makes {decoder.image_size} px images; assemble matching components")
         if cfg.image_embed_dim and cfg.image_embed_dim != encoder.embed_dim:
             raise CheckpointError(f"decoder expects {cfg.image_embed_dim}-dim CLIP embeddings but the encoder "
                                   f"gives {encoder.embed_dim}; assemble matching components")
 
+    # --- the two halves and their components --------------------------------------------
+    @property
+    def prior(self) -> PriorComponent | None:
+        return self.prior_pipeline.prior if self.prior_pipeline is not None else None
+
+    @property
+    def decoder(self) -> Component:
+        return self.decoder_pipeline.decoder
+
+    @property
+    def upsamplers(self) -> list[Component]:
+        """The cascade after the decoder (the decoder pipeline's own list: append to add a stage)."""
+        return self.decoder_pipeline.upsamplers
+
+    @property
+    def upsampler(self) -> Component | None:
+        """The first upsampler (the one of a two-stage pipeline), or None."""
+        return self.upsamplers[0] if self.upsamplers else None
+
+    @property
+    def _text_to_image(self) -> bool:
+        # An unCLIP decoder needs z_i: from the prior for text, or from an image for the manipulations.
+        return self.prior is not None or not self.decoder.model.config.image_embed_dim
+
     # --- properties the server and CLI read ------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.decoder.model.parameters()).device
+        return self.decoder_pipeline.device
 
     @property
     def stages(self) -> tuple[str, ...]:
+        """Settings groups: every upsampler of the cascade samples with the ``"upsampler"`` one."""
         names = ("prior",) if self.prior is not None else ()
-        return names + ("decoder",) + (("upsampler",) if self.upsampler is not None else ())
+        return names + ("decoder",) + (("upsampler",) if self.upsamplers else ())
 
     @property
     def image_size(self) -> int:
-        return (self.upsampler or self.decoder).image_size
+        return self.decoder_pipeline.image_size
 
     @property
     def decoder_size(self) -> int:
         return self.decoder.image_size
 
     def to(self, device) -> "UnCLIPPipeline":
-        parts = [self.encoder, *self.decoder.modules(), *(c.model for c in (self.prior, self.upsampler) if c)]
+        parts = [self.encoder, *self.decoder.modules(), *(c.model for c in (self.prior, *self.upsamplers) if c)]
         for part in parts:
             part.to(device)
         return self
@@ -271,7 +245,7 @@ class UnCLIPPipeline:
             negative_prompt = None
         if not 1 <= num_images_per_prompt <= 256:
             raise UnclipError(f"num_images_per_prompt must be in [1, 256], got {num_images_per_prompt}")
-        self._check_image_embed_source(image_embed_source)
+        self.check_image_embed_source(image_embed_source)
         settings = self.resolve_settings(**stage_settings)
         if image_embed_source != "prior":
             settings.pop("prior", None)  # the prior is not sampled
@@ -280,16 +254,16 @@ class UnCLIPPipeline:
         with torch.no_grad():
             text = self.encoder.encode_text(image_prompts)
             negative = self.encoder.encode_text([negative_prompt] * len(image_prompts)) if negative_prompt else None
-            noise = self._noise(seeds, with_prior=self.prior is not None)
-            image_embed = self._fixed_image_embed(image_embed_source, text)
-            images = self._run(seeds, noise, settings, callback, progress, batch_size, text=text, negative=negative,
-                               image_embed=image_embed)
+            noise = self.noise(seeds, with_prior=self.prior is not None)
+            image_embed = self.fixed_image_embed(image_embed_source, text)
+            images = self.sample(noise, settings, text=text, negative=negative, image_embed=image_embed,
+                                 callback=callback, progress=progress, batch_size=batch_size)
         info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
                 "stages": settings, "model": self.name, "image_embed_source": image_embed_source, "style": style}
         return PipelineOutput(images=self.format(check_finite(images, self.name), output_type), seeds=seeds,
                               prompts=image_prompts, settings=info)
 
-    def _check_image_embed_source(self, source) -> None:
+    def check_image_embed_source(self, source) -> None:
         if source not in IMAGE_EMBED_SOURCES:
             hint = " (YAML reads null as None: write image_embed_source=none)" if source is None else ""
             raise UnclipError(f"image_embed_source must be 'prior', 'text' or 'none', got {source!r}{hint}")
@@ -301,7 +275,7 @@ class UnCLIPPipeline:
                               "use image_embed_source='text' or 'none', variations/interpolate, or assemble it "
                               "with a prior")
 
-    def _fixed_image_embed(self, source: str, text) -> torch.Tensor | None:
+    def fixed_image_embed(self, source: str, text) -> torch.Tensor | None:
         """z_i [N, D] for the prior-free modes (paper §5.1), or None when the prior (or no z_i) is used."""
         if source == "text":  # the caption's CLIP text embedding stands in for the image embedding
             return text.embed
@@ -310,91 +284,92 @@ class UnCLIPPipeline:
             return null[None].expand(text.embed.shape[0], -1)
         return None
 
-    # --- shared machinery (also used by unclip.pipelines.manipulate) ------------------
-    def _noise(self, seeds: list[int], *, with_prior: bool, decoder_noise: torch.Tensor | None = None):
-        """Per-image starting noise drawn from generator(seed_i) in the order prior, decoder, upsampler."""
-        device = self.device
-        out = {"generators": [], "prior": [], "decoder": [], "upsampler": []}
-        shape = self.decoder.sample_shape
-        for s in seeds:
-            g = torch.Generator(device).manual_seed(int(s))
-            out["generators"].append(g)
-            if with_prior:
-                out["prior"].append(self.prior.noise(1, generator=g, device=device))
-            out["decoder"].append(torch.randn(1, *shape, generator=g, device=device))
-            if self.upsampler is not None:
-                up = self.upsampler.model.config.image_size
-                out["upsampler"].append(torch.randn(1, 3, up, up, generator=g, device=device))
-        if decoder_noise is not None:  # fixed or DDIM-inverted latents replace the decoder noise
-            out["decoder"] = list(decoder_noise.to(device).split(1))
+    # --- the composed halves (also used by unclip.pipelines.edits) ---------------------
+    def noise(self, seeds: Sequence[int], *, with_prior: bool, decoder_noise: torch.Tensor | None = None):
+        """Per-image starting noise from generator(seed_i): prior (if ``with_prior``), decoder, each upsampler.
+
+        ``{"generators": [...], "prior": [...], "decoder": [...], "upsampler": [...], "upsampler_2": ...}``;
+        ``decoder_noise`` [N, C, H, W] (fixed or DDIM-inverted latents) replaces the decoder's draws."""
+        gens = generators(seeds, self.device)
+        # Each generator is drawn from in cascade order; the generators are independent, so the prior's
+        # draws for every image can come before the decoder's.
+        out: dict[str, Any] = {"generators": gens, "prior": [], "upsampler": []}
+        if with_prior:
+            out["prior"] = self.prior_pipeline.noise(gens)
+        out.update(self.decoder_pipeline.noise(gens, decoder_noise=decoder_noise))
         return out
 
-    def _run(self, seeds, noise, settings, callback, progress, batch_size, *, text=None, negative=None,
-             image_embed: torch.Tensor | None = None, edit=None) -> torch.Tensor:
-        """Sample all images → [N, 3, S, S] in [-1, 1], batched unless a sampler is stochastic.
+    def sample(self, noise: dict[str, Any], settings: dict[str, dict], *, text=None, negative=None,
+               image_embed: torch.Tensor | None = None, callback: Callable | None = None, progress: bool = True,
+               batch_size: int = 16, edit=None) -> torch.Tensor:
+        """Images [N, 3, S, S] in [-1, 1]: z_i from the prior pipeline unless ``image_embed`` [N, D] is given,
+        then the decoder pipeline; batched unless a sampler is stochastic (both halves batch alike).
 
-        ``edit`` (``unclip.pipelines.edits``): extra sampler arguments per stage and group of images."""
-        n = len(seeds)
+        ``edit`` (``unclip.pipelines.edits``): extra sampler arguments per cascade stage and batch."""
+        gens = noise["generators"]
         stochastic = any(is_stochastic(v["sampler"], v["eta"]) for v in settings.values()) or (
             edit is not None and edit.stochastic)
-        groups = [[i] for i in range(n)] if stochastic else [list(range(i, min(n, i + batch_size)))
-                                                            for i in range(0, n, batch_size)]
-        bars = {stage: tqdm(total=v["steps"] * len(groups), desc=stage, disable=not progress, leave=False)
-                for stage, v in settings.items() if not (stage == "prior" and image_embed is not None)}
-        outputs = []
-        try:
-            for group in groups:
-                outputs.append(self._run_group(group, noise, settings, bars, callback, text=text, negative=negative,
-                                               image_embed=image_embed, stochastic=stochastic, edit=edit))
-        finally:
-            for bar in bars.values():
-                bar.close()
-        return torch.cat(outputs)
+        if image_embed is None and self.prior is not None:
+            image_embed = self.prior_pipeline.generate(
+                text, negative, noise=noise["prior"], settings=settings["prior"], generators=gens,
+                groups=batches(len(gens), batch_size, stochastic), stochastic=stochastic, callback=callback,
+                progress=progress)
+        return self.decoder_pipeline.generate(image_embed, noise=noise, settings=settings, generators=gens,
+                                              text=text, negative=negative, callback=callback, progress=progress,
+                                              batch_size=batch_size, stochastic=stochastic, edit=edit)
 
-    def _run_group(self, group, noise, settings, bars, callback, *, text, negative, image_embed, stochastic,
-                   edit=None):
-        def extra(stage: str) -> dict:  # an edit's sampler arguments for this group (unclip.pipelines.edits)
-            return edit.stage_kwargs(stage, group) if edit is not None else {}
+    @torch.no_grad()
+    def embed(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
+              num_images_per_prompt: int = 1, seed: int | Sequence[int] | torch.Generator | None = None,
+              callback: Callable | None = None, progress: bool = True, batch_size: int = 16,
+              **stage_settings: Any) -> PipelineOutput:
+        """The prior half alone: ``images`` holds the CLIP image embeddings z_i [N, D] (for ``decode``)."""
+        if self.prior is None:
+            raise UnclipError("this pipeline has no prior, so it cannot turn text into a CLIP image embedding")
+        prompts = [p for p in check_captions(prompts) for _ in range(num_images_per_prompt)]
+        settings = {"prior": self.resolve_settings(**stage_settings)["prior"]}
+        seeds = make_seeds(seed, len(prompts))
+        text = self.encoder.encode_text(prompts)
+        negative = self.encoder.encode_text([negative_prompt] * len(prompts)) if negative_prompt else None
+        stochastic = is_stochastic(settings["prior"]["sampler"], settings["prior"]["eta"])
+        gens = generators(seeds, self.device)
+        z = self.prior_pipeline.generate(text, negative, noise=self.prior_pipeline.noise(gens),
+                                         settings=settings["prior"], generators=gens,
+                                         groups=batches(len(seeds), batch_size, stochastic), stochastic=stochastic,
+                                         callback=callback, progress=progress)
+        return PipelineOutput(images=z, seeds=seeds, prompts=prompts, settings={"stages": settings})
 
-        generator = noise["generators"][group[0]] if stochastic else None
-        pick = lambda enc: None if enc is None else _select(enc, group)  # noqa: E731
-        text_g, negative_g = pick(text), pick(negative)
-        if image_embed is None and self.prior is None:  # GLIDE-style text-only decoder
-            z = None
-        elif image_embed is None:
-            s = settings["prior"]
-            with autocast(s["precision"], self.device):
-                z = self.prior.sample(
-                    text_g, negative_g, noise=torch.cat([noise["prior"][i] for i in group]), steps=s["steps"],
-                    sampler=s["sampler"], guidance_scale=s["guidance_scale"], eta=s["eta"], generator=generator,
-                    spacing=s["spacing"],
-                    callback=_stage_callback("prior", bars.get("prior"), callback)).float()
-        else:
-            z = image_embed[group]
-        s = settings["decoder"]
-        with autocast(s["precision"], self.device):
-            x = sample_decoder(
-                self.decoder.model, self.decoder.diffusion, torch.cat([noise["decoder"][i] for i in group]),
-                image_embed=z, text=text_g, negative_text=negative_g, guidance_scale=s["guidance_scale"],
-                sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator, spacing=s["spacing"],
-                callback=_stage_callback("decoder", bars.get("decoder"), callback),
-                channels_last=fast_layout("decoder", s["precision"], self.device),
-                clip_denoised=not self.decoder.latent, **extra("decoder"))
-            if s.get("to_pixels", True):
-                x = self.decoder.to_pixels(x)
-        if self.upsampler is not None and "upsampler" in settings:
-            s = settings["upsampler"]
-            with autocast(s["precision"], self.device):
-                x = sample_upsampler(self.upsampler.model, self.upsampler.diffusion, x,
-                                     torch.cat([noise["upsampler"][i] for i in group]),
-                                     noise_level=int(self.upsampler.info.get("noise_level", 0)),
-                                     sampler=s["sampler"], steps=s["steps"], eta=s["eta"], generator=generator,
-                                     spacing=s["spacing"],
-                                     callback=_stage_callback("upsampler", bars.get("upsampler"), callback),
-                                     channels_last=fast_layout("upsampler", s["precision"], self.device),
-                                     anchor_low_res=bool(self.upsampler.info.get("anchor_low_res", False)),
-                                     **extra("upsampler"))
-        return x
+    @torch.no_grad()
+    def decode(self, image_embed: torch.Tensor, prompts: str | Sequence[str] | None = None, *,
+               negative_prompt: str | None = None, seed: int | Sequence[int] | torch.Generator | None = None,
+               callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
+               batch_size: int = 16, **stage_settings: Any) -> PipelineOutput:
+        """The decoder half alone, from your own CLIP image embeddings ``image_embed`` [N, D] (and captions).
+
+        Image i's noise is drawn as in text→image (the prior's first), so with deterministic samplers
+        ``decode(embed(p, seed=s).images, p, seed=s)`` is ``pipe(p, seed=s)``."""
+        if not self.decoder.model.config.image_embed_dim:
+            raise UnclipError("this decoder is text-only (GLIDE-style); it takes no image embedding")
+        image_embed = torch.as_tensor(image_embed, dtype=torch.float32).to(self.device)
+        image_embed = image_embed[None] if image_embed.ndim == 1 else image_embed
+        n = image_embed.shape[0]
+        settings = self.resolve_settings(**{k: v for k, v in stage_settings.items() if not k.startswith("prior_")})
+        settings.pop("prior", None)
+        text = negative = None
+        labels = [f"embedding {i + 1}" for i in range(n)]
+        if prompts is not None:
+            labels = check_captions(prompts)
+            if len(labels) != n:
+                raise UnclipError(f"got {len(labels)} prompts for {n} image embeddings; give one per embedding")
+            text = self.encoder.encode_text(labels)
+            negative = self.encoder.encode_text([negative_prompt] * n) if negative_prompt else None
+        seeds = make_seeds(seed, n)
+        images = self.sample(self.noise(seeds, with_prior=self.prior is not None), settings, text=text,
+                             negative=negative, image_embed=image_embed, callback=callback, progress=progress,
+                             batch_size=batch_size)
+        info = {"operation": "decode", "negative_prompt": negative_prompt, "stages": settings, "model": self.name}
+        return PipelineOutput(images=self.format(check_finite(images, self.name), output_type), seeds=seeds,
+                              prompts=labels, settings=info)
 
     @staticmethod
     def format(images: torch.Tensor, output_type: str):
@@ -456,8 +431,9 @@ class UnCLIPPipeline:
             self.decoder.save(tmp / "decoder")
             if self.prior is not None:
                 self.prior.save(tmp / "prior")
-            if self.upsampler is not None:
-                self.upsampler.save(tmp / "upsampler")
+            self.decoder_pipeline.check()
+            for i, upsampler in enumerate(self.upsamplers):
+                upsampler.save(tmp / upsampler_stage(i))
             atomic_write_text(tmp / "pipeline.json", json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
             replace_dir(tmp, directory)
         except BaseException:
@@ -466,8 +442,12 @@ class UnCLIPPipeline:
         return directory
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "version": 1, "name": self.name, "image_size": self.image_size,
-                "components": {s: s for s in ("encoder",) + self.stages}, "defaults": self.defaults}
+        """``pipeline.json``: version 2 lists the cascade's upsampler folders in ``"upsamplers"``."""
+        parts = ("encoder",) + (("prior",) if self.prior is not None else ()) + ("decoder",)
+        return {"kind": self.kind, "version": 2, "name": self.name, "image_size": self.image_size,
+                "components": {s: s for s in parts},
+                "upsamplers": [upsampler_stage(i) for i in range(len(self.upsamplers))],
+                "defaults": self.defaults}
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "UnCLIPPipeline":
@@ -484,56 +464,43 @@ class UnCLIPPipeline:
         encoder = load_encoder(directory / parts.get("encoder", "encoder"), device=device)
         decoder = Component.load(directory / parts.get("decoder", "decoder"), device)
         prior = load_prior_component(directory / parts["prior"], device) if parts.get("prior") else None
-        upsampler = Component.load(directory / parts["upsampler"], device) if parts.get("upsampler") else None
-        return cls(encoder, decoder, prior=prior, upsampler=upsampler, defaults=info.get("defaults"),
+        folders = info.get("upsamplers", [parts["upsampler"]] if parts.get("upsampler") else [])  # version 1: one
+        upsamplers = [Component.load(directory / folder, device) for folder in folders]
+        return cls(encoder, decoder, prior=prior, upsamplers=upsamplers, defaults=info.get("defaults"),
                    name=info.get("name") or directory.name)
-
-
-def _select(encoding, index: list[int]):
-    """Rows ``index`` of a TextEncoding-like object."""
-    return type(encoding)(**{k: getattr(encoding, k)[index] if getattr(encoding, k) is not None else None
-                             for k in ("embed", "tokens", "mask")})
-
-
-def _stage_callback(stage: str, bar, user: Callable | None):
-    def callback(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
-        if bar is not None:
-            bar.update(1)
-        if user is not None:
-            user(stage, step + 1, total, x)
-
-    return callback
 
 
 def _component_dir(path: str | Path, stage: str) -> Path:
     """RUNDIR, RUNDIR/final or the component folder → the folder holding model.safetensors."""
     path = Path(path)
     for candidate in (path, path / stage, path / "final" / stage):
-        if (candidate / "model.safetensors").is_file():
+        if (candidate / COMPONENT_FILE).is_file():
             return candidate
     raise UnclipError(f"no trained {stage} found at {path} (looked for model.safetensors in it, "
                       f"{stage}/ and final/{stage}/); train it with 'unclip train {stage}'")
 
 
 def assemble_unclip(out_dir, *, encoder, decoder, prior=None, upsampler=None, defaults=None, name=None):
-    """See ``unclip.pipelines.assemble``."""
+    """See ``unclip.pipelines.assemble``; ``upsampler`` is one path or a list (the cascade, in order)."""
     from unclip.encoders import load_encoder
 
     encoder_dir = Path(encoder)
     if (encoder_dir / "final" / "encoder").is_dir():
         encoder_dir = encoder_dir / "final" / "encoder"
     device = "cpu"
+    ups = [] if not upsampler else list(upsampler) if isinstance(upsampler, (list, tuple)) else [upsampler]
+    upsamplers = [Component.load(_component_dir(path, "upsampler"), device) for path in ups]
     parts = {"decoder": Component.load(_component_dir(decoder, "decoder"), device),
              "prior": load_prior_component(_component_dir(prior, "prior"), device) if prior else None,
-             "upsampler": Component.load(_component_dir(upsampler, "upsampler"), device) if upsampler else None}
-    merged = {}  # sampling defaults: each stage's own training-time settings, then the caller's
+             "upsampler": upsamplers[0] if upsamplers else None}
+    merged = {}  # sampling defaults: each stage's own training-time settings (the first upsampler's), then the caller's
     for stage, part in parts.items():
         sample = part.info.get("sample", {}) if part is not None else {}
         keys = ("steps", "sampler", "spacing") + (("guidance_scale",) if stage != "upsampler" else ())
         merged[stage] = {k: sample[k] for k in keys if k in sample}
         merged[stage].update((defaults or {}).get(stage, {}))
     pipe = UnCLIPPipeline(load_encoder(encoder_dir, device=device), parts["decoder"], prior=parts["prior"],
-                          upsampler=parts["upsampler"], defaults=merged, name=name or Path(out_dir).name)
+                          upsamplers=upsamplers, defaults=merged, name=name or Path(out_dir).name)
     pipe.save(out_dir, overwrite=True)
     # Keep the encoder directory's extra files (e.g. embed_stats.safetensors) alongside the re-saved encoder.
     for extra in encoder_dir.iterdir():

@@ -7,7 +7,7 @@ The CLIP image embedding z_i (and the caption's text tokens) come from a frozen 
 embedding + caption tokens, no CLIP image embedding, no prior needed.
 
 Loss: L_simple (Ho et al. 2020, eq. 14) or the hybrid loss, via ``GaussianDiffusion.training_losses``.
-Export: ``final/decoder/model.safetensors`` + ``final/decoder/component.json`` (diffusion settings).
+Export: ``final/decoder/model.safetensors``, one self-describing component file (``unclip.components``).
 
 ``data.autoencoder`` (a trained ``unclip train autoencoder`` run) makes it a **latent decoder** (Rombach
 et al. 2022; Kandinsky 2.2's decoder on MoVQ latents): the UNet denoises the frozen autoencoder's scaled
@@ -18,16 +18,14 @@ latents of the ``data.image_size`` image, and the autoencoder is exported beside
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from unclip.checkpoint import atomic_write_text, save_model
-from unclip.config import to_dict
+from unclip.components import AUTOENCODER_FILE, save_component
 from unclip.diffusion.gaussian import GaussianDiffusion
 from unclip.diffusion.schedule import SPACINGS, DiffusionConfig
 from unclip.errors import UnclipError
@@ -35,10 +33,8 @@ from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
 from unclip.train.config import TrainConfig
 from unclip.train.stage import ImageStage
 
-__all__ = ["DecoderData", "SampleSettings", "DecoderStageConfig", "DecoderStage", "write_component",
-           "load_autoencoder", "AUTOENCODER_FILE"]
-
-AUTOENCODER_FILE = "autoencoder.safetensors"   # beside a latent decoder's model.safetensors
+__all__ = ["DecoderData", "SampleSettings", "DecoderStageConfig", "DecoderStage", "load_autoencoder",
+           "AUTOENCODER_FILE"]
 
 
 @dataclass(frozen=True)
@@ -97,15 +93,6 @@ class DecoderStageConfig:
             raise ValueError("data.encoder_image_size must be 0 or at least data.image_size")
         if self.conditioning == "text" and not self.text_tokens:
             raise ValueError("conditioning 'text' (GLIDE baseline) needs text_tokens: true")
-
-
-def write_component(out_dir: Path, model: torch.nn.Module, info: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` (config inside) and ``component.json`` (diffusion etc.) into ``out_dir``."""
-    out_dir = Path(out_dir)
-    path = out_dir / "model.safetensors"
-    save_model(model, path, extra_metadata={"component": json.dumps(info, sort_keys=True)})
-    atomic_write_text(out_dir / "component.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return path
 
 
 def load_autoencoder(path: str | Path, device="cpu"):
@@ -338,13 +325,10 @@ class DecoderStage(ImageStage):
 
     def export(self, model, out_dir: Path) -> Path:
         cfg = self.config
-        info = {"role": "decoder", "conditioning": cfg.conditioning, "diffusion": to_dict(cfg.diffusion),
-                "image_size": cfg.data.image_size, "encoder": str(cfg.data.encoder),
-                "sample": to_dict(cfg.sample)}
-        if self.autoencoder is not None:
-            info["autoencoder"] = AUTOENCODER_FILE
-            save_model(self.autoencoder, Path(out_dir) / "decoder" / AUTOENCODER_FILE)
-        return write_component(Path(out_dir) / "decoder", model, info)
+        return save_component(Path(out_dir) / "decoder", model, role="decoder", diffusion=cfg.diffusion,
+                              sample_defaults=cfg.sample, autoencoder=self.autoencoder,
+                              extra={"conditioning": cfg.conditioning, "image_size": cfg.data.image_size,
+                                     "encoder": str(cfg.data.encoder)})
 
 
 @dataclass

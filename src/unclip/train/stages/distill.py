@@ -30,7 +30,7 @@ Classifier-free guidance, two ways:
   Later rounds distil the (already guided) student unguided, as their stage two does.
 
 The stage reuses the decoder stage's data, frozen encoder and conditioning (``DecoderStage``), and its
-export is a normal decoder component with ``distilled`` and ``sample.steps = N_final`` in component.json.
+export is a normal decoder component with ``distilled`` and ``sample.steps = N_final`` in its component settings.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ from unclip.errors import UnclipError
 from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
 from unclip.train.config import TrainConfig
 from unclip.train.stage import Stage
-from unclip.train.stages.decoder import DecoderData, DecoderStage, DecoderStageConfig, SampleSettings, write_component
+from unclip.components import COMPONENT_FILE, read_component_info, save_component
+from unclip.train.stages.decoder import DecoderData, DecoderStage, DecoderStageConfig, SampleSettings
 
 __all__ = ["DistillData", "DistillSettings", "DistillStageConfig", "DistillStage", "DistillPair",
            "nested_grids", "teacher_ddim_target", "find_teacher"]
@@ -61,14 +62,14 @@ __all__ = ["DistillData", "DistillSettings", "DistillStageConfig", "DistillStage
 @dataclass(frozen=True)
 class DistillData:
     path: str = "data/shapes"    # the teacher's training data (a built dataset dir, folder or shards)
-    encoder: str = ""            # frozen encoder dir; empty: the one recorded in the teacher's component.json
+    encoder: str = ""            # frozen encoder dir; empty: the one recorded in the teacher's component settings
     val_split: str = "val"
     encoder_image_size: int = 0  # as the decoder stage's data.encoder_image_size (use the teacher's setting)
 
 
 @dataclass(frozen=True)
 class DistillSettings:
-    teacher: str = ""            # exported decoder: component dir (model.safetensors + component.json) or run dir
+    teacher: str = ""            # exported decoder: component dir (model.safetensors) or run dir
     student_steps: int = 32      # N of the first round; its teacher takes 2N DDIM steps
     rounds: int = 3              # N, N/2, ..., N/2^(rounds-1) = the distilled decoder's steps
     steps_per_round: int = 500   # optimiser steps per round; train.steps must be rounds * steps_per_round
@@ -118,10 +119,10 @@ def find_teacher(path: str | Path) -> Path:
                           "e.g. runs/decoder-shapes32/final/decoder)")
     path = Path(path)
     for candidate in (path, path / "decoder", path / "final" / "decoder"):
-        if (candidate / "model.safetensors").is_file() and (candidate / "component.json").is_file():
+        if (candidate / COMPONENT_FILE).is_file():
             return candidate
-    raise UnclipError(f"no exported decoder at distill.teacher={path} (need model.safetensors + component.json "
-                      "in it, decoder/ or final/decoder/); train one with 'unclip train decoder'")
+    raise UnclipError(f"no exported decoder at distill.teacher={path} (need model.safetensors in it, decoder/ or "
+                      "final/decoder/); train one with 'unclip train decoder'")
 
 
 def nested_grids(num_timesteps: int, steps: int, spacing: str = "trailing") -> tuple[list[int], list[int]]:
@@ -208,7 +209,7 @@ class DistillStage(Stage):
     def __init__(self, config: DistillStageConfig):
         super().__init__(config)
         self.teacher_dir = find_teacher(config.distill.teacher)
-        self.teacher_info = json.loads((self.teacher_dir / "component.json").read_text(encoding="utf-8"))
+        self.teacher_info = read_component_info(self.teacher_dir)
         if self.teacher_info.get("role", "decoder") != "decoder":
             raise UnclipError(f"{self.teacher_dir} is a {self.teacher_info['role']}, not a decoder; "
                               "set distill.teacher to a decoder component")
@@ -219,7 +220,7 @@ class DistillStage(Stage):
 
     @property
     def decoder(self) -> DecoderStage:
-        """The teacher's decoder stage (data, frozen encoder, conditioning), built from component.json."""
+        """The teacher's decoder stage (data, frozen encoder, conditioning), built from its component settings."""
         if self._decoder is None:
             cfg, info = self.config, self.teacher_info
             meta = read_metadata(self.teacher_dir / "model.safetensors")
@@ -325,7 +326,7 @@ class DistillStage(Stage):
             sample = dataclasses.replace(sample, guidance_scale=1.0)
         inner.config = dataclasses.replace(inner.config, sample=sample)
         metrics = inner.evaluate(model.student, out_dir, step)
-        write_component(Path(out_dir) / "decoder", model.student, self._component_info(int(model.round) + 1))
+        _save_student(Path(out_dir) / "decoder", model.student, self._component_info(int(model.round) + 1))
         return {**metrics, "steps": float(steps)}
 
     def _component_info(self, rounds_done: int) -> dict:
@@ -345,4 +346,11 @@ class DistillStage(Stage):
     def export(self, model: DistillPair, out_dir: Path) -> Path:
         """``out_dir/decoder``: the distilled student as a normal decoder component for N_final DDIM steps."""
         info = self._component_info(self.config.distill.rounds)
-        return write_component(Path(out_dir) / "decoder", model.student, info)
+        return _save_student(Path(out_dir) / "decoder", model.student, info)
+
+
+def _save_student(directory: Path, student, info: dict) -> Path:
+    """The student as a decoder component with the teacher's settings (``info``) and its own sampling."""
+    extra = {k: v for k, v in info.items() if k not in ("role", "diffusion", "sample")}
+    return save_component(directory, student, role="decoder", diffusion=info.get("diffusion", {}),
+                          sample_defaults=info.get("sample"), extra=extra)

@@ -11,8 +11,8 @@ the text conditioning is dropped with probability ``drop_text`` (paper: 10%) for
 ``kind: autoregressive`` trains the AR prior of §2.1 instead (``unclip.models.ar_prior``: PCA,
 quantile buckets, cross-entropy over the code sequence); both export to the same place and are
 sampled by ``unclip.models.prior.sample_prior``.
-Export: ``final/prior/model.safetensors`` (config + embedding statistics inside) and
-``final/prior/component.json`` (sampling defaults).
+Export: ``final/prior/model.safetensors``, one self-describing component file (config, embedding
+statistics and sampling defaults inside; ``unclip.components``).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from unclip.checkpoint import atomic_write_text, save_model
-from unclip.config import to_dict
+from unclip.checkpoint import atomic_write_text
+from unclip.components import save_component
 from unclip.diffusion import GaussianDiffusion
 from unclip.encoders.shards import EmbeddingRows
 from unclip.errors import UnclipError
@@ -53,7 +53,7 @@ class PriorData:
 
 @dataclass(frozen=True)
 class PriorSample:
-    """Sampling settings for ``evaluate`` and the defaults written to component.json."""
+    """Sampling settings for ``evaluate`` and the defaults written into the component file."""
     sampler: Literal["ddim", "ddpm", "dpm++2m"] = "ddim"
     steps: int = 64
     guidance_scale: float = 2.0
@@ -175,13 +175,8 @@ class PriorStage(Stage):
         return {"cosine": prior["cosine"], "mean_rank": prior["mean_rank"], "top1": prior["top1"]}
 
     def export(self, model, out_dir: Path) -> Path:
-        directory = Path(out_dir) / "prior"
-        info: dict[str, Any] = {"role": "prior", "kind": self.config.kind, "embeddings": str(self.config.data.path),
-                                "sample": to_dict(self.config.sample)}
-        path = directory / "model.safetensors"
-        save_model(model, path, extra_metadata={"component": json.dumps(info, sort_keys=True)})
-        atomic_write_text(directory / "component.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
-        return path
+        return save_component(Path(out_dir) / "prior", model, role="prior", sample_defaults=self.config.sample,
+                              extra={"kind": self.config.kind, "embeddings": str(self.config.data.path)})
 
 
 def _has_tokens(info: dict) -> bool:

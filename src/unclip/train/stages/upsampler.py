@@ -10,7 +10,7 @@ The low-res conditioning image is made by anti-aliased downsampling and then cor
 trained on crops of a quarter of the target size and applied at full size, which the attention-free,
 fully convolutional UNet allows): a crop_size × crop_size window of each image, aligned to the low-res
 pixel grid, with its low-res version made from the crop.
-Export: ``final/upsampler/model.safetensors`` + ``final/upsampler/component.json``.
+Export: ``final/upsampler/model.safetensors``, one self-describing component file (``unclip.components``).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from unclip.config import to_dict
+from unclip.components import save_component
 from unclip.diffusion.gaussian import GaussianDiffusion
 from unclip.diffusion.schedule import DiffusionConfig
 from unclip.models.degrade import DegradeConfig, degrade, make_low_res, noise_augment
 from unclip.models.unet import UNet, UNetConfig
 from unclip.train.config import TrainConfig
 from unclip.train.stage import ImageStage
-from unclip.train.stages.decoder import SampleSettings, write_component
+from unclip.train.stages.decoder import SampleSettings
 
 __all__ = ["UpsamplerData", "UpsamplerStageConfig", "UpsamplerStage"]
 
@@ -151,8 +151,8 @@ class UpsamplerStage(ImageStage):
 
     def export(self, model, out_dir: Path) -> Path:
         cfg = self.config
-        info = {"role": "upsampler", "diffusion": to_dict(cfg.diffusion), "image_size": cfg.data.image_size,
-                "low_res_size": cfg.data.low_res_size, "noise_level": cfg.inference_noise_level,
-                "crop_size": cfg.data.crop_size, "anchor_low_res": cfg.anchor_low_res,
-                "sample": to_dict(cfg.sample)}
-        return write_component(Path(out_dir) / "upsampler", model, info)
+        extra = {"image_size": cfg.data.image_size, "low_res_size": cfg.data.low_res_size,
+                 "noise_level": cfg.inference_noise_level, "crop_size": cfg.data.crop_size,
+                 "anchor_low_res": cfg.anchor_low_res}
+        return save_component(Path(out_dir) / "upsampler", model, role="upsampler", diffusion=cfg.diffusion,
+                              sample_defaults=cfg.sample, extra=extra)
