@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[set[str]] = [
     {"(root)", "errors", "limits", "atomic", "config", "checkpoint", "devices", "precision", "imagefile"},
     {"diffusion", "data"},
-    {"models"},
+    {"models", "components"},
     {"encoders"},
     {"pipelines"},
     {"eval"},
@@ -28,8 +28,8 @@ LAYERS: list[set[str]] = [
 ]
 
 # Faults known today, each to be removed by the change that mends it (the test fails on any other).
-KNOWN_UPWARD = {"unclip.pipelines.unclip -> unclip.train.stages.decoder"}
-KNOWN_CYCLES: list[set[str]] = [{"unclip.pipelines", "unclip.pipelines.unclip", "unclip.pipelines.manipulate"}]
+KNOWN_UPWARD: set[str] = set()
+KNOWN_CYCLES: list[set[str]] = [{"unclip.pipelines.unclip", "unclip.pipelines.manipulate"}]
 
 
 def _modules() -> dict[str, Path]:

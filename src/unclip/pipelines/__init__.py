@@ -14,7 +14,6 @@ text→image pipeline is called the same way (see docs/pipeline.md)::
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ import torch
 
 from unclip.devices import check_device
 from unclip.errors import CheckpointError, UnclipError
-from unclip.pipelines.manifest import check_pipeline_info, read_json_object
+from unclip.pipelines.manifest import read_pipeline_json
+from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.registry import PIPELINE_FILE, resolve_model
 
 __all__ = ["PipelineOutput", "PIPELINE_KINDS", "load_pipeline", "read_pipeline_json", "assemble"]
@@ -31,30 +31,6 @@ PIPELINE_KINDS = {
     "unclip": "unclip.pipelines.unclip:UnCLIPPipeline",
     "clipvq": "unclip.pipelines.clip_vq:ClipVQPipeline",
 }
-
-
-@dataclass
-class PipelineOutput:
-    """What every pipeline call returns.
-
-    ``images``: list of PIL images (or a float array [N, H, W, 3] in [0, 1] for ``output_type="np"``,
-    or a tensor [N, 3, H, W] in [-1, 1] for ``"pt"``); ``seeds[i]`` reproduces image i alone
-    (same prompt and settings, ``num_images_per_prompt=1``, ``seed=seeds[i]``); ``prompts[i]`` is
-    image i's prompt (or a label such as ``"frame 3"``); ``settings`` holds every value used.
-    """
-
-    images: Any
-    seeds: list[int]
-    prompts: list[str]
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
-def read_pipeline_json(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / PIPELINE_FILE
-    info = read_json_object(path, f"is {directory} a pipeline directory?")
-    if not isinstance(info.get("kind"), str):
-        raise CheckpointError(f"{path} names no pipeline kind; rebuild the pipeline directory")
-    return check_pipeline_info(info, path)
 
 
 def load_pipeline(path_or_name: str | Path | None = None, *, device: str | torch.device = "cpu"):

@@ -43,7 +43,8 @@ from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
 from unclip.models.token_transformer import TokenTransformer
 from unclip.models.vq import VQModel
-from unclip.pipelines import PipelineOutput, read_pipeline_json
+from unclip.pipelines.manifest import read_pipeline_json
+from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.diffusers_compat import diffusers_call
 from unclip.pipelines.images import check_finite
 from unclip.precision import autocast, resolve_precision

@@ -17,7 +17,7 @@ from pathlib import Path
 from unclip.checkpoint import atomic_write_text
 from unclip.components import COMPONENT_FILE, LEGACY_INFO_FILE, convert_component
 from unclip.errors import UnclipError
-from unclip.pipelines import read_pipeline_json
+from unclip.pipelines.manifest import read_pipeline_json
 from unclip.pipelines.registry import PIPELINE_FILE
 
 __all__ = ["convert"]

@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 
 from unclip.diffusion.samplers import sdedit_start
 from unclip.errors import UnclipError
-from unclip.pipelines import PipelineOutput
+from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.decoder import settings_stage
 from unclip.pipelines.images import check_finite, image_to_tensor
 

@@ -16,8 +16,9 @@ from typing import Any
 from unclip.components import (COMPONENT_KEYS, SETTING_TYPES, check_component_info, check_keys, check_settings,
                                check_value, read_json_object)
 from unclip.errors import CheckpointError
+from unclip.pipelines.registry import PIPELINE_FILE
 
-__all__ = ["PIPELINE_KEYS", "COMPONENT_KEYS", "SETTING_TYPES", "read_json_object", "check_pipeline_info",
+__all__ = ["PIPELINE_KEYS", "COMPONENT_KEYS", "SETTING_TYPES", "read_json_object", "read_pipeline_json", "check_pipeline_info",
            "check_component_info"]
 
 _OPTIONAL_STR = (str, type(None))
@@ -53,3 +54,11 @@ def check_pipeline_info(info: dict[str, Any], path: Path) -> dict[str, Any]:
     else:
         check_settings(path, defaults, "defaults.", strict=True)
     return info
+
+
+def read_pipeline_json(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / PIPELINE_FILE
+    info = read_json_object(path, f"is {directory} a pipeline directory?")
+    if not isinstance(info.get("kind"), str):
+        raise CheckpointError(f"{path} names no pipeline kind; rebuild the pipeline directory")
+    return check_pipeline_info(info, path)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from unclip.diffusion.samplers import ddim_invert
 from unclip.errors import UnclipError
-from unclip.pipelines import PipelineOutput
+from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.images import check_finite, image_to_tensor, load_image
 from unclip.pipelines.sampling import decoder_kwargs
 from unclip.precision import autocast

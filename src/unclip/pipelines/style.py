@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 
 from unclip.errors import UnclipError
-from unclip.pipelines import PipelineOutput
+from unclip.pipelines.output import PipelineOutput
 
 __all__ = ["style_titles", "check_style", "style_caption", "parse_style_caption", "styled_prompt",
            "styled_prompts", "dataset_caption", "resolve_source", "restyle", "RESTYLE_METHODS"]

@@ -45,7 +45,8 @@ from unclip.components import COMPONENT_FILE
 from unclip.diffusion.schedule import SPACINGS
 from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
-from unclip.pipelines import PipelineOutput, read_pipeline_json
+from unclip.pipelines.manifest import read_pipeline_json
+from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.decoder import Component, DecoderPipeline, batches, upsampler_stage
 from unclip.pipelines.diffusers_compat import diffusers_call
 from unclip.pipelines.images import check_finite, to_numpy, to_pil
