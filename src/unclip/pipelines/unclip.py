@@ -46,6 +46,7 @@ from unclip.pipelines.images import check_finite, to_numpy, to_pil
 from unclip.pipelines.manifest import check_component_info, read_json_object
 from unclip.pipelines.prior_adapter import PriorComponent, load_prior_component
 from unclip.pipelines.sampling import check_sampler, fast_layout, is_stochastic, sample_decoder, sample_upsampler
+from unclip.pipelines.sampling import stage_callback as _stage_callback
 from unclip.precision import autocast, resolve_precision
 from unclip.train.stages.decoder import write_component
 
@@ -493,16 +494,6 @@ def _select(encoding, index: list[int]):
     """Rows ``index`` of a TextEncoding-like object."""
     return type(encoding)(**{k: getattr(encoding, k)[index] if getattr(encoding, k) is not None else None
                              for k in ("embed", "tokens", "mask")})
-
-
-def _stage_callback(stage: str, bar, user: Callable | None):
-    def callback(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
-        if bar is not None:
-            bar.update(1)
-        if user is not None:
-            user(stage, step + 1, total, x)
-
-    return callback
 
 
 def _component_dir(path: str | Path, stage: str) -> Path:
