@@ -23,7 +23,7 @@ from unclip.errors import UnclipError
 from unclip.precision import PRECISIONS
 
 __all__ = ["StageSampling", "STAGES", "GUIDED", "STAGE_DEFAULTS", "FLAT", "GLOBAL", "GUIDANCE_MAX", "STEPS_MAX",
-           "default_settings", "flat_names", "help_of", "limits", "parse_flat", "resolve_stages", "stage_of"]
+           "default_settings", "choices_of", "flat_names", "help_of", "limits", "parse_flat", "resolve_stages", "stage_of"]
 
 STEPS_MAX = 1000
 GUIDANCE_MAX = 50.0  # the one guidance limit: the pipeline's, the API schema's and the CLI's
@@ -50,6 +50,7 @@ class StageSampling:
     stage: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self):
+        get_sampler(self.sampler, "gaussian")  # the registry's own message: unknown, or of the other kind
         for f in dataclasses.fields(self):
             if f.name != "stage":
                 check_value(f, getattr(self, f.name), self._name(f.name))
@@ -87,6 +88,11 @@ def limits(name: str) -> tuple[float, float]:
 
 def help_of(name: str) -> str:
     return {f.name: f.metadata for f in dataclasses.fields(StageSampling)}[name]["help"]
+
+
+def choices_of(name: str) -> tuple[str, ...]:
+    """The values field ``name`` accepts now (a sampler registered at run time included)."""
+    return tuple({f.name: f.metadata for f in dataclasses.fields(StageSampling)}[name]["choices"]())
 
 
 # Flat keyword arguments (the public API, the CLI flags --decoder-steps, ..., the HTTP fields) -> (stage, field).
