@@ -11,13 +11,12 @@ cases run the tiny float32 pipelines of ``tests/helpers`` (tolerance for the las
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 from PIL import Image
 
-from helpers.pipeline import tiny_encoder, tiny_pipeline
+from helpers.pipeline import tiny_clipvq, tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,20 +113,6 @@ def _box_mask():
     return mask
 
 
-def _clipvq():
-    from unclip.diffusion.discrete import DiscreteDiffusionConfig
-    from unclip.models.token_transformer import TokenTransformer, TokenTransformerConfig
-    from unclip.models.vq import VQConfig, VQModel
-    from unclip.pipelines.clip_vq import ClipVQPipeline
-
-    torch.manual_seed(0)
-    vq = VQModel(VQConfig(image_size=16, base_channels=8, embed_dim=8, codebook_size=16, kmeans_init=False))
-    net = TokenTransformer(TokenTransformerConfig(num_codes=16, grid_size=vq.config.grid_size, width=32, depth=1,
-                                                  heads=2, cond_dim=16))
-    return ClipVQPipeline(tiny_encoder(), vq, net, diffusion=DiscreteDiffusionConfig(num_steps=10),
-                          defaults={"steps": 4})
-
-
 PIPELINE_CASES = {
     "unclip-ddim": lambda p: p("a red circle", num_images_per_prompt=2, seed=3, sampler="ddim", **FAST),
     "unclip-ddpm": lambda p: p("a red circle", num_images_per_prompt=2, seed=3, sampler="ddpm", **FAST),
@@ -169,7 +154,7 @@ def test_unclip_pipeline_outputs_are_pinned(case, full):
 
 @pytest.mark.parametrize("sampler", CLIPVQ_SAMPLERS)
 def test_clipvq_codes_are_pinned(sampler):
-    codes = _clipvq()("a red circle", num_images_per_prompt=2, seed=3, sampler=sampler, output_type="latent",
+    codes = tiny_clipvq()("a red circle", num_images_per_prompt=2, seed=3, sampler=sampler, output_type="latent",
                       progress=False, precision="fp32").images
     assert codes.flatten().tolist() == CODE_PINS[sampler]
 
@@ -187,7 +172,7 @@ if __name__ == "__main__":
     print("}")
     print("CODE_PINS = {")
     for sampler in CLIPVQ_SAMPLERS:
-        codes = _clipvq()("a red circle", num_images_per_prompt=2, seed=3, sampler=sampler, output_type="latent",
+        codes = tiny_clipvq()("a red circle", num_images_per_prompt=2, seed=3, sampler=sampler, output_type="latent",
                           progress=False, precision="fp32").images
         print(f"    {sampler!r}: {codes.flatten().tolist()!r},")
     print("}")

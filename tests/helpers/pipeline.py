@@ -94,3 +94,18 @@ def circle_data(root: Path, encoder_dir: Path) -> tuple[Path, Path]:
             (root / split / f"{i:03d}.txt").write_text(f"a {name} circle")
     tiny_encoder().save(encoder_dir)
     return root, encoder_dir
+
+
+def tiny_clipvq(num_steps: int = 10, steps: int = 4):
+    """A tiny random CLIP-VQDiffusion pipeline: 16 px images, 16 codes, a one-block token transformer."""
+    from unclip.diffusion.discrete import DiscreteDiffusionConfig
+    from unclip.models.token_transformer import TokenTransformer, TokenTransformerConfig
+    from unclip.models.vq import VQConfig, VQModel
+    from unclip.pipelines.clip_vq import ClipVQPipeline
+
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig(image_size=16, base_channels=8, embed_dim=8, codebook_size=16, kmeans_init=False))
+    transformer = TokenTransformer(TokenTransformerConfig(num_codes=16, grid_size=vq.config.grid_size, width=32,
+                                                          depth=1, heads=2, cond_dim=16))
+    return ClipVQPipeline(tiny_encoder(), vq, transformer, diffusion=DiscreteDiffusionConfig(num_steps=num_steps),
+                          defaults={"steps": steps})

@@ -200,7 +200,7 @@ class UnCLIPPipeline:
         ``precision`` ("auto", "fp32" or "bf16") applies to every stage and is resolved for this
         pipeline's device, so the settings record what actually ran.
         """
-        values = {k: v for k, v in locals().items() if k not in ("self", "upsample", "to_pixels")}
+        values = {k: v for k, v in locals().items() if k not in ("self", "upsample", "to_pixels")}  # flat, None = unset
         if not upsample and upsampler_steps is not None:
             raise UnclipError("upsample=False skips the upsampler, so upsampler_steps cannot apply; drop one of them")
         stages = [s for s in self.stages if upsample or s != "upsampler"]
