@@ -93,7 +93,7 @@ def test_a_new_sampler_runs_in_the_pipeline_and_eval_set(new_sampler):
     ({"guidance_scale": GUIDANCE_MAX + 1}, "guidance_scale must be in [0, 50]"),
     ({"eta": -0.1}, "eta must be in [0, 1]"),
     ({"spacing": "cubic"}, "unknown spacing 'cubic'"),
-    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"precision": "fp8"}, "precision must be one of auto, fp32, bf16, got 'fp8'"),
     ({"sampler": "euler"}, "unknown sampler 'euler'"),
     ({"sampler": "ancestral"}, "does not apply to unCLIP"),
     ({"sampler": "dpm++2m", "eta": 0.5}, "eta applies only"),

@@ -31,8 +31,10 @@ STAGES = ("prior", "decoder", "upsampler")
 GUIDED = ("prior", "decoder")  # the stages with classifier-free guidance (the upsampler is unguided)
 
 
-def _setting(default, help: str, *, low=None, high=None, choices=None):
-    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices})
+def _setting(default, help: str, *, low=None, high=None, choices=None,
+             unknown: str = "unknown {name} {value!r} (choose from: {choices})"):
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
+                                            "unknown": unknown})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +48,8 @@ class StageSampling:
     guidance_scale: float = _setting(1.0, "classifier-free guidance scale", low=0.0, high=GUIDANCE_MAX)
     eta: float = _setting(0.0, "DDIM eta (0: deterministic)", low=0.0, high=1.0)
     precision: str = _setting("auto", "network precision: auto = bf16 where the CPU/GPU computes it natively, "
-                              "else fp32", choices=lambda: PRECISIONS)
+                              "else fp32", choices=lambda: PRECISIONS,
+                              unknown="{name} must be one of {choices}, got {value!r}")  # as unclip.precision's
     stage: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self):
@@ -70,7 +73,7 @@ def check_value(f: dataclasses.Field, value, name: str) -> None:
     if meta.get("choices") is not None:
         choices = tuple(meta["choices"]())
         if value not in choices:
-            raise UnclipError(f"unknown {name} {value!r} (choose from: {', '.join(choices)})")
+            raise UnclipError(meta["unknown"].format(name=name, value=value, choices=", ".join(choices)))
         return
     kind = int if f.type in ("int", int) else float
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
