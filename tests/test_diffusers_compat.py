@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.pipeline import tiny_encoder, tiny_pipeline, _wake
+from helpers.pipeline import tiny_clipvq, tiny_encoder, tiny_pipeline, _wake
 from unclip.diffusion.schedule import DiffusionConfig, sampling_timesteps
 from unclip.config import to_dict
 from unclip.errors import UnclipError
@@ -42,17 +42,7 @@ def latent_pipe():
 
 @pytest.fixture(scope="module")
 def clipvq():
-    from unclip.models.token_transformer import TokenTransformer, TokenTransformerConfig
-    from unclip.models.vq import VQConfig, VQModel
-    from unclip.pipelines.clip_vq import ClipVQPipeline
-    from unclip.diffusion.discrete import DiscreteDiffusionConfig
-
-    torch.manual_seed(0)
-    vq = VQModel(VQConfig(image_size=16, base_channels=8, embed_dim=8, codebook_size=16, kmeans_init=False))
-    transformer = TokenTransformer(TokenTransformerConfig(num_codes=16, grid_size=vq.config.grid_size, width=32, depth=1,
-                                                          heads=2, cond_dim=16))
-    return ClipVQPipeline(tiny_encoder(), vq, transformer, diffusion=DiscreteDiffusionConfig(num_steps=10),
-                          defaults={"steps": 4})
+    return tiny_clipvq()
 
 
 def _red(size=16):

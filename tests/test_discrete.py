@@ -69,8 +69,8 @@ def test_guidance_scale_one_is_identity_and_scale_changes_output():
         return torch.log_softmax(torch.zeros(x.shape[0], 4, x.shape[1]), 1)
 
     x, t = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, dtype=torch.long)
-    assert D.classifier_free_guidance(cond_fn, uncond_fn, 1.0) is cond_fn
-    guided = D.classifier_free_guidance(cond_fn, uncond_fn, 3.0)(x, t)
+    assert D.guided_log_probs(cond_fn, uncond_fn, 1.0) is cond_fn
+    guided = D.guided_log_probs(cond_fn, uncond_fn, 3.0)(x, t)
     torch.testing.assert_close(guided.exp().sum(1), torch.ones(2, 3))
     assert guided[0, 3, 0] > cond_fn(x, t)[0, 3, 0]                           # sharper towards the condition
 
@@ -99,7 +99,7 @@ def test_training_loss_and_samplers_run_with_perfect_model():
     assert losses["loss"].item() < 1e-3
     for sampler in (D.sample, D.sample_purity):
         steps = []
-        out = sampler(oracle, (2, N), sched, generator=gen, callback=lambda t, x: steps.append(t))
+        out = sampler(oracle, (2, N), sched, generator=gen, callback=lambda i, n, x, x0: steps.append(i))
         assert torch.equal(out, target.expand(2, N)) and len(steps) == 10
 
 

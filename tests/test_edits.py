@@ -7,14 +7,14 @@ import torch
 from PIL import Image
 
 from helpers.pipeline import tiny_encoder, tiny_pipeline
-from unclip.diffusion import SAMPLERS, DiffusionConfig, GaussianDiffusion, ddim_sample, sample, sampling_timesteps
+from unclip.diffusion import DiffusionConfig, GaussianDiffusion, ddim_sample, sample, sampler_names, sampling_timesteps
 from unclip.diffusion.samplers import inpaint, repaint_sample, sdedit_start
 from unclip.errors import UnclipError
 from unclip.pipelines.edits import box_mask, mask_tensor, parse_box
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-NAMES = sorted(SAMPLERS)
+NAMES = sampler_names("gaussian")
 
 
 def _diffusion():

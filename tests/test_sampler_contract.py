@@ -1,4 +1,9 @@
-"""The sampler contract, run over every sampler, plus the analytic Gaussian test and DDIM inversion."""
+"""The sampler contract, run over every registered sampler (Gaussian and discrete), plus the analytic
+Gaussian test and DDIM inversion.
+
+``gaussian_contract`` / ``discrete_contract`` are plain functions so a sampler registered at run time
+(tests/test_sampler_registry.py) meets the same contract without edits here.
+"""
 
 import math
 
@@ -12,11 +17,14 @@ from unclip.diffusion import (
     classifier_free_guidance,
     ddim_invert,
     ddim_sample,
+    discrete,
     sample,
+    sampler_names,
 )
+from unclip.diffusion.samplers import inpaint
 from unclip.errors import UnclipError
 
-NAMES = sorted(SAMPLERS)
+NAMES = sampler_names("gaussian")
 
 
 def gaussian_denoiser(diffusion, mu, std):
@@ -38,9 +46,10 @@ def tiny(prediction="eps", schedule="cosine", timesteps=200):
     return GaussianDiffusion(DiffusionConfig(schedule=schedule, timesteps=timesteps, prediction=prediction))
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 4, 4)])
-def test_sampler_contract(name, shape):
+def gaussian_contract(name, shape):
+    """What every Gaussian sampler does: the caller's grid in order, one callback per step, the declared
+    traits (stochastic or not, eta, RePaint), and the same result for the same seed."""
+    spec = SAMPLERS[name]
     diffusion = tiny()
     seen_t, steps_seen = [], []
 
@@ -49,11 +58,11 @@ def test_sampler_contract(name, shape):
         seen_t.append(int(t[0]))
         return scale * torch.tanh(x)
 
-    def run(seed):
+    def run(seed, **kwargs):
         x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         return sample(name, model_fn, x_T, diffusion, steps=7, generator=torch.Generator().manual_seed(seed),
                       model_kwargs={"scale": 0.5},
-                      callback=lambda i, n, x, x0: steps_seen.append((i, n, x.shape, x0.shape)))
+                      callback=lambda i, n, x, x0: steps_seen.append((i, n, x.shape, x0.shape)), **kwargs)
 
     out = run(1)
     assert out.shape == shape and out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -61,8 +70,75 @@ def test_sampler_contract(name, shape):
     assert seen_t == sorted(seen_t, reverse=True) and len(set(seen_t)) == 7
     assert seen_t[0] == diffusion.num_timesteps - 1 and 0 <= seen_t[-1]
     torch.testing.assert_close(run(1), out)                       # same seed, same result
-    if name == "ddpm":
-        assert not torch.allclose(run(2), out)                    # ancestral sampling uses the generator
+    assert torch.allclose(run(2), out) is not spec.is_stochastic()  # only a stochastic one uses the generator
+    if spec.takes_eta:
+        assert not torch.allclose(run(2, eta=1.0), run(1, eta=1.0))
+    else:
+        with pytest.raises(UnclipError, match="eta"):
+            run(1, eta=0.5)
+    if spec.can_repaint:                                          # RePaint keeps the known region exactly
+        known = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+        mask = torch.zeros(shape[0], *([1] * (len(shape) - 1)))
+        mask[0] = 1
+        x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        painted = inpaint(name, lambda x, t: torch.tanh(x), x_T, diffusion, known=known, mask=mask, steps=4,
+                          resample=2, generator=torch.Generator().manual_seed(4))
+        torch.testing.assert_close(painted[1:], known[1:])
+    else:
+        with pytest.raises(UnclipError, match="RePaint"):
+            inpaint(name, model_fn, torch.zeros(shape), diffusion, known=torch.zeros(shape),
+                    mask=torch.ones(shape[0], *([1] * (len(shape) - 1))), steps=4)
+
+
+def discrete_contract(name):
+    """What every discrete (VQ) sampler does: codes in [0, K), ``steps`` model calls and callbacks,
+    per-row generators (a row does not depend on its batch), fixed tokens kept, an oracle recovered."""
+    spec = SAMPLERS[name]
+    K, N = 8, 6
+    schedule = discrete.mask_replace_schedule(K, discrete.DiscreteDiffusionConfig(num_steps=12))
+    calls, steps_seen = [], []
+
+    def model_fn(x_t, t):
+        assert x_t.dtype == torch.long and t.shape == (x_t.shape[0],) and 1 <= int(t.min()) <= int(t.max()) <= 12
+        calls.append(int(t[0]))
+        logits = torch.sin(torch.arange(K * N, dtype=torch.float32).reshape(1, K, N) + x_t[:, None, :].float())
+        return torch.log_softmax(logits, dim=1)
+
+    def run(seeds, **kwargs):
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return spec.fn(model_fn, (len(seeds), N), schedule, steps=4, generator=gens,
+                       callback=lambda i, n, x, x0: steps_seen.append((i, n, x.shape, x0.shape)), **kwargs)
+
+    out = run([1, 2])
+    assert out.shape == (2, N) and out.dtype == torch.long and 0 <= int(out.min()) and int(out.max()) < K
+    assert len(calls) == 4 and calls == sorted(calls, reverse=True)
+    assert steps_seen == [(i, 4, torch.Size((2, N)), torch.Size((2, N))) for i in range(4)]
+    assert torch.equal(run([1, 2]), out) and torch.equal(run([2])[0], out[1])
+    known, keep = torch.full((2, N), 3), torch.zeros(2, N, dtype=torch.bool)
+    keep[:, :2] = True
+    assert (run([1, 2], known=known, keep=keep)[:, :2] == 3).all()
+    target = torch.tensor([[1, 2, 3, 4, 5, 6]])
+
+    def oracle(x_t, t):
+        return torch.log(discrete.index_to_log_onehot(target.expand(x_t.shape[0], N), K).exp().clamp_min(1e-12))
+
+    assert torch.equal(spec.fn(oracle, (2, N), schedule, steps=3, generator=torch.Generator().manual_seed(0)),
+                       target.expand(2, N))
+
+
+@pytest.mark.parametrize("name", sampler_names())
+def test_sampler_contract(name):
+    if SAMPLERS[name].kind == "discrete":
+        discrete_contract(name)
+    else:
+        for shape in [(3, 5), (2, 3, 4, 4)]:
+            gaussian_contract(name, shape)
+
+
+def test_the_registry_holds_both_kinds():
+    assert set(sampler_names("gaussian")) >= {"ddpm", "ddim", "dpm++2m"}
+    assert set(sampler_names("discrete")) >= {"ancestral", "purity"}
+    assert all(SAMPLERS[n].supports_inversion is (n == "ddim") for n in ("ddpm", "ddim", "dpm++2m"))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -114,3 +114,18 @@ def edit_component(directory: Path, change) -> None:
     else:
         metadata["component"] = value if isinstance(value, str) else json.dumps(value)
     save_file(load_file(str(path)), str(path), metadata=metadata)
+
+
+def tiny_clipvq(num_steps: int = 10, steps: int = 4):
+    """A tiny random CLIP-VQDiffusion pipeline: 16 px images, 16 codes, a one-block token transformer."""
+    from unclip.diffusion.discrete import DiscreteDiffusionConfig
+    from unclip.models.token_transformer import TokenTransformer, TokenTransformerConfig
+    from unclip.models.vq import VQConfig, VQModel
+    from unclip.pipelines.clip_vq import ClipVQPipeline
+
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig(image_size=16, base_channels=8, embed_dim=8, codebook_size=16, kmeans_init=False))
+    transformer = TokenTransformer(TokenTransformerConfig(num_codes=16, grid_size=vq.config.grid_size, width=32,
+                                                          depth=1, heads=2, cond_dim=16))
+    return ClipVQPipeline(tiny_encoder(), vq, transformer, diffusion=DiscreteDiffusionConfig(num_steps=num_steps),
+                          defaults={"steps": steps})

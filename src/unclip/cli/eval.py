@@ -10,6 +10,7 @@ import yaml
 
 from unclip.cli.common import add_command, int_in_range
 from unclip.errors import UnclipError
+from unclip.pipelines.settings import FLAT, GLOBAL, parse_flat
 
 EXAMPLES = """
   unclip eval --model runs/pipeline-shapes --data data/shapes32 --out reports/shapes
@@ -49,7 +50,8 @@ def register(subparsers) -> None:
     p.add_argument("--eval-encoder", default=None,
                    help="encoder directory used only for CLIP score / R-precision (never the generating one)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="pipeline setting, e.g. decoder_steps=25, decoder_guidance=3, sampler=dpm++2m")
+                   help="pipeline setting, e.g. decoder_steps=25, decoder_guidance=3, sampler=dpm++2m; the "
+                        f"sampling settings ({', '.join([*FLAT, *GLOBAL])}) are checked before any model loads")
     p.add_argument("--sweep", default=None, metavar="KEY=V1,V2,...", help="re-run for each value of one setting")
     p.add_argument("--decoder-diversity", action="store_true",
                    help="also measure the decoder's own diversity: variations of one real image per prompt "
@@ -68,7 +70,12 @@ def _parse_setting(item: str) -> tuple[str, object]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise UnclipError(f"setting {item!r} must look like key=value (e.g. decoder_steps=25)")
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), _checked(key.strip(), yaml.safe_load(raw))
+
+
+def _checked(key: str, value):
+    """A sampling setting (``unclip.pipelines.settings``) checked against its field; others as given."""
+    return parse_flat(key, value) if key in FLAT or key in GLOBAL else value
 
 
 def _parse_sweep(text: str | None) -> tuple[str, list] | None:
@@ -78,7 +85,7 @@ def _parse_sweep(text: str | None) -> tuple[str, list] | None:
     values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
     if not sep or not key.strip() or not values:
         raise UnclipError(f"--sweep {text!r} must look like key=v1,v2 (e.g. decoder_guidance=1,3,5)")
-    return key.strip(), values
+    return key.strip(), [_checked(key.strip(), v) for v in values]
 
 
 def _check_args(args) -> list[str]:

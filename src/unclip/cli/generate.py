@@ -17,10 +17,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from unclip.cli.common import add_command, check_writable, float_in_range, int_in_range
-from unclip.diffusion.schedule import SPACINGS
+from unclip.diffusion.registry import sampler_names
 from unclip.encoders.base import check_utf8
 from unclip.errors import UnclipError
 from unclip.limits import GENERATE_BATCH, MAX_IMAGE_PIXELS, MAX_IMAGES
+from unclip.pipelines.settings import FLAT, STAGES, choices_of, flat_names, help_of, limits, stage_of
 
 
 def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> None:
@@ -28,29 +29,34 @@ def _add_model_args(parser: argparse.ArgumentParser, *, prior: bool = True) -> N
                         help="shipped model name or pipeline directory (default: emoji if shipped, else shapes)")
     parser.add_argument("--seed", type=int_in_range(0, 2**31 - 1), default=None,
                         help="seed of the first image (image i uses seed+i); default: random")
-    if prior:
-        parser.add_argument("--prior-steps", type=int_in_range(1, 1000), default=None, help="prior sampling steps")
-        parser.add_argument("--prior-guidance", type=float_in_range(0, 50), default=None,
-                            help="prior classifier-free guidance scale")
-    parser.add_argument("--decoder-steps", type=int_in_range(1, 1000), default=None, help="decoder sampling steps")
-    parser.add_argument("--decoder-guidance", type=float_in_range(0, 50), default=None,
-                        help="decoder classifier-free guidance scale")
-    parser.add_argument("--upsampler-steps", type=int_in_range(1, 1000), default=None,
-                        help="upsampler sampling steps")
+    for name in _stage_flags(prior):  # --prior-steps, --decoder-guidance, ...: from unclip.pipelines.settings
+        stage, field = FLAT[name]
+        low, high = limits(field)
+        parse = int_in_range(low, high) if field == "steps" else float_in_range(low, high)
+        parser.add_argument("--" + name.replace("_", "-"), type=parse, default=None, help=f"{stage} {help_of(field)}")
     parser.add_argument("--base-only", dest="upsample", action="store_false",
                         help="stop after the decoder: the base-resolution image, without the upsampler "
                              "(e.g. 64 px instead of 256 px for the emoji model)")
     parser.add_argument("--sampler", default=None,
-                        help="sampler for every stage: ddim, ddpm or dpm++2m for unCLIP; ancestral or purity for "
+                        help=f"sampler for every stage: {_names('gaussian')} for unCLIP; {_names('discrete')} for "
                              "CLIP-VQDiffusion (default: the model's)")
-    parser.add_argument("--spacing", choices=SPACINGS, default=None,
-                        help="unCLIP only: timestep grid of every stage (default: the model's, else trailing); "
-                             "quadratic ends near t = 0 and is the better grid at few steps")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
-                        help="network precision: auto (default) = bf16 where the CPU/GPU computes it natively "
-                             "(AVX512-BF16, AMX, recent GPUs), else fp32")
+    parser.add_argument("--spacing", choices=choices_of("spacing"), default=None,
+                        help=f"unCLIP only: {help_of('spacing')}, every stage (default: the model's, else trailing)")
+    parser.add_argument("--precision", choices=choices_of("precision"), default=None,
+                        help=f"{help_of('precision')} (default: auto)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _stage_flags(prior: bool = True) -> list[str]:
+    """The flat per-stage settings the sampling commands expose as flags (steps and guidance)."""
+    stages = STAGES if prior else tuple(s for s in STAGES if s != "prior")
+    return flat_names(stages, fields=("steps", "guidance_scale"))
+
+
+def _names(kind: str) -> str:
+    names = sampler_names(kind)
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else ", ".join(names)
 
 
 def _add_image_limit(parser: argparse.ArgumentParser) -> None:
@@ -169,9 +175,7 @@ def _read_image(text: str, max_pixels: int):
 
 
 def _stage_kwargs(args, *, prior: bool = True) -> dict:
-    names = ["decoder_steps", "decoder_guidance", "upsampler_steps", "sampler", "spacing", "precision"]
-    if prior:
-        names += ["prior_steps", "prior_guidance"]
+    names = _stage_flags(prior) + ["sampler", "spacing", "precision"]
     kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "upsample", True) is False:
         kwargs["upsample"] = False
@@ -206,8 +210,7 @@ def _kwargs_for(pipe, kwargs: dict) -> dict:
                               "upsampler, so it already stops after the decoder; drop the flag")
         if "upsampler_steps" in kwargs:
             raise UnclipError("--base-only skips the upsampler, so --upsampler-steps cannot apply; drop one of them")
-    return {k: v for k, v in kwargs.items()
-            if k in ("sampler", "spacing", "precision", "upsample") or k.split("_")[0] in stages}
+    return {k: v for k, v in kwargs.items() if stage_of(k) is None or stage_of(k) in stages}
 
 
 def _command() -> str:

@@ -15,7 +15,9 @@ the clean state (ᾱ_0 = 1, γ̄_0 = 0).
 
 Samplers are pure functions of ``(model_fn, shape, schedule, *, generator, callback)``;
 ``model_fn(x_t [B,N] long, t [B] long) -> log p(x_0) [B,K,N]`` already holds
-the condition (house rules 1 and 2).
+the condition (house rules 1 and 2). They are registered (kind "discrete") in the one sampler table,
+``unclip.diffusion.registry``, and call the one ``StepCallback``: ``callback(step, total, x_t, x0)``
+with the codes and the most likely x_0 codes [B,N].
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from unclip.diffusion.guidance import guide
+from unclip.diffusion.registry import SamplerSpec, StepCallback, register
+
 __all__ = [
     "DiscreteDiffusionConfig",
     "DiscreteSchedule",
@@ -37,9 +42,10 @@ __all__ = [
     "q_sample",
     "training_losses",
     "truncate",
-    "classifier_free_guidance",
+    "guided_log_probs",
     "respace",
     "sample",
+    "sample_ancestral",
     "sample_purity",
 ]
 
@@ -307,7 +313,7 @@ def truncate(log_p0: torch.Tensor, r: float) -> torch.Tensor:
     return torch.log_softmax(log_p0.masked_fill(~keep, LOG_ZERO), dim=1)
 
 
-def classifier_free_guidance(cond_fn: ModelFn, uncond_fn: ModelFn, scale: float) -> ModelFn:
+def guided_log_probs(cond_fn: ModelFn, uncond_fn: ModelFn, scale: float) -> ModelFn:
     """Discrete classifier-free guidance (Tang et al. 2022, Sec. 3.2):
     log p̃(x_0|x_t,c) = log p(x_0|x_t,∅) + s·(log p(x_0|x_t,c) - log p(x_0|x_t,∅)), renormalised.
     ``uncond_fn`` uses the learned null condition. Scale 1 returns ``cond_fn`` unchanged."""
@@ -316,7 +322,7 @@ def classifier_free_guidance(cond_fn: ModelFn, uncond_fn: ModelFn, scale: float)
 
     def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         log_c, log_u = cond_fn(x_t, t), uncond_fn(x_t, t)
-        return torch.log_softmax(log_u + scale * (log_c - log_u), dim=1)
+        return torch.log_softmax(guide(log_c, log_u, scale), dim=1)
 
     return guided
 
@@ -329,7 +335,7 @@ def sample(
     truncation: float = 1.0,
     generator=None,
     device: torch.device | str = "cpu",
-    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+    callback: Optional[StepCallback] = None,
     timesteps: Optional[list[int]] = None,
     known: Optional[torch.Tensor] = None,
     keep: Optional[torch.Tensor] = None,
@@ -337,7 +343,8 @@ def sample(
     """Ancestral sampling x_T = all [MASK] → x_0 with p_θ(x_{t-1}|x_t) (Eq. 11). Returns codes [B,N].
 
     ``generator``: one torch.Generator or one per row. ``timesteps`` (from ``respace``) maps each
-    step of ``schedule`` to the timestep the network was trained on. ``callback(t, x_t)`` after each step.
+    step of ``schedule`` to the timestep the network was trained on. ``callback(step, total, x_t, x0)``
+    after each step (``StepCallback``; x0: the most likely codes).
     ``known`` codes [B,N] where ``keep`` [B,N] is True are fixed from x_T on and after every step
     (VQ-Diffusion's inpainting, Gu et al. 2022: known tokens stay, the reverse process fills the rest)."""
     K = schedule.num_codes
@@ -352,8 +359,17 @@ def sample(
             x = _gumbel_sample(log_posterior(log_p0, x, t, schedule), generator)
         x = _fix(x, known, keep)
         if callback is not None:
-            callback(step, x)
+            callback(schedule.num_steps - step, schedule.num_steps, x, log_p0.argmax(dim=1))
     return x
+
+
+def sample_ancestral(model_fn: ModelFn, shape: tuple[int, int], schedule: DiscreteSchedule, *,
+                     steps: Optional[int] = None, **kwargs) -> torch.Tensor:
+    """``sample`` on ``steps`` of the schedule's timesteps (``respace``; None: all of them)."""
+    if steps is None or steps == schedule.num_steps:
+        return sample(model_fn, shape, schedule, **kwargs)
+    fast, timesteps = respace(schedule, steps)
+    return sample(model_fn, shape, fast, timesteps=timesteps, **kwargs)
 
 
 def _fix(x: torch.Tensor, known: Optional[torch.Tensor], keep: Optional[torch.Tensor]) -> torch.Tensor:
@@ -368,22 +384,22 @@ def sample_purity(
     shape: tuple[int, int],
     schedule: DiscreteSchedule,
     *,
-    num_steps: Optional[int] = None,
+    steps: Optional[int] = None,
     truncation: float = 1.0,
     generator=None,
     device: torch.device | str = "cpu",
-    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+    callback: Optional[StepCallback] = None,
     known: Optional[torch.Tensor] = None,
     keep: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Purity-prior sampling (Tang et al. 2022, Sec. 3.3): a masking-only reverse process that
     at each step reveals the still-masked tokens with the highest purity max_k p_θ(x_0=k|x_t).
 
-    The number of revealed tokens follows the schedule's 1 - γ̄_t on ``num_steps`` steps
+    The number of revealed tokens follows the schedule's 1 - γ̄_t on ``steps`` steps
     (default T). Returns codes [B,N]. ``known``/``keep`` as in ``sample``: fixed tokens start revealed."""
     K = schedule.num_codes
     B, N = shape
-    steps = num_steps or schedule.num_steps
+    steps = steps or schedule.num_steps
     x = _fix(torch.full(shape, K, dtype=torch.long, device=device), known, keep)
     gamma_bar = schedule.log_gamma_bar.exp().cpu()
     for i in range(steps, 0, -1):
@@ -401,5 +417,11 @@ def sample_purity(
         reveal = masked & (rank < num_new.unsqueeze(1))
         x = torch.where(reveal, proposal, x)
         if callback is not None:
-            callback(i, x)
+            callback(steps - i, steps, x, log_p0.argmax(dim=1))
     return x
+
+
+register(SamplerSpec("ancestral", sample_ancestral, kind="discrete", stochastic=True,
+                     help="VQ-Diffusion's reverse process (Gu et al. 2022, Eq. 11)"))
+register(SamplerSpec("purity", sample_purity, kind="discrete", stochastic=True,
+                     help="purity-prior sampling (Tang et al. 2022, Sec. 3.3)"))

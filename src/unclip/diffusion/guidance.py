@@ -17,7 +17,15 @@ import torch
 
 from unclip.diffusion.gaussian import ModelFn
 
-__all__ = ["classifier_free_guidance", "threshold_x0"]
+__all__ = ["classifier_free_guidance", "guide", "threshold_x0"]
+
+
+def guide(out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance, Ho & Salimans 2022 eq. 6: out_uncond + s (out_cond - out_uncond).
+
+    The one guidance formula: the Gaussian wrapper below applies it to network outputs (eps, x0 or v),
+    the discrete sampler to log p(x_0) (``unclip.diffusion.discrete.guided_log_probs``)."""
+    return out_uncond + guidance_scale * (out_cond - out_uncond)
 
 
 def classifier_free_guidance(
@@ -55,8 +63,8 @@ def classifier_free_guidance(
         if learn_variance:
             mean_c, var_c = out_cond.chunk(2, dim=1)
             mean_u, _ = out_uncond.chunk(2, dim=1)
-            return torch.cat([mean_u + guidance_scale * (mean_c - mean_u), var_c], dim=1)
-        return out_uncond + guidance_scale * (out_cond - out_uncond)
+            return torch.cat([guide(mean_c, mean_u, guidance_scale), var_c], dim=1)
+        return guide(out_cond, out_uncond, guidance_scale)
 
     return guided
 

@@ -2,16 +2,19 @@
 
 Every sampler has the form::
 
-    sample_x(model_fn, x_T, diffusion, *, steps, spacing, generator, callback,
+    sample_x(model_fn, x_T, diffusion, *, timesteps, generator, callback,
              model_kwargs, clip_denoised, dynamic_threshold, ...) -> x_0
 
 ``model_fn(x_t, t, **model_kwargs)`` is the raw network (or a guidance wrapper
 around it); ``t`` holds integer training timesteps [B]. ``diffusion`` is a
 ``GaussianDiffusion`` (schedule + parameterisation). Sampling runs on the
-descending training timesteps ``sampling_timesteps(T, steps, spacing)`` and its
-last step lands on the clean sample (alpha_bar = 1). State lives in local
-variables only. ``callback(step, total, x, x0)`` is called after each step with
-the new sample and the predicted x0 of that step.
+descending training timesteps ``timesteps`` the caller computed (``grid``: ``steps``
+and ``spacing`` from ``start_step`` on; the samplers also take ``steps``/``spacing``/
+``start_step`` and compute it themselves), and its last step lands on the clean sample
+(alpha_bar = 1). State lives in local variables only. ``callback(step, total, x, x0)``
+(``unclip.diffusion.registry.StepCallback``) is called after each step with the new
+sample and the predicted x0 of that step. The samplers and their traits are registered
+at the end of this file (``unclip.diffusion.registry``); ``sample(name, ...)`` runs one.
 
 * ``ddpm``   ancestral sampling, Ho et al. 2020 Alg. 2, on respaced betas
              (Nichol & Dhariwal 2021 §4), learned or fixed-small variance.
@@ -31,14 +34,16 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from unclip.diffusion.gaussian import GaussianDiffusion, ModelFn, Prediction, expand, output_to_x0_eps
+from unclip.diffusion.gaussian import GaussianDiffusion, ModelFn, Prediction
 from unclip.diffusion.guidance import threshold_x0
+from unclip.diffusion.registry import SAMPLERS, SamplerSpec, StepCallback, get_sampler, register
 from unclip.diffusion.schedule import respaced_betas, sampling_timesteps
 from unclip.errors import UnclipError
 
 __all__ = [
     "SAMPLERS",
     "Callback",
+    "grid",
     "predict",
     "ddpm_sample",
     "ddim_sample",
@@ -51,27 +56,30 @@ __all__ = [
     "sample",
 ]
 
-Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+Callback = StepCallback  # the one callback type (unclip.diffusion.registry)
 
 
 def predict(
     model_fn: ModelFn,
     diffusion: GaussianDiffusion,
     x_t: torch.Tensor,
-    t: int,
+    t: int | torch.Tensor,
     *,
     model_kwargs: Mapping[str, Any] | None = None,
     clip_denoised: bool = False,
     dynamic_threshold: float | None = None,
 ) -> Prediction:
-    """One model call at integer timestep ``t``: (x0, eps, variance values).
+    """One model call at integer timestep ``t`` (or per-sample timesteps [B]): (x0, eps, variance values).
 
     When x0 is clipped or thresholded, eps is recomputed from the clipped x0 so
     that DDIM / DPM-Solver steps stay consistent (as improved-diffusion does).
     """
-    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    if isinstance(t, torch.Tensor):                                 # per-sample t [B] (distillation)
+        t_batch, alpha_bar = t, diffusion.alpha_bar(t, x_t)           # alpha_bar [B, 1, ...]
+    else:
+        t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        alpha_bar = torch.tensor(float(diffusion.alphas_cumprod[t]), dtype=x_t.dtype, device=x_t.device)
     output = model_fn(x_t, t_batch, **(model_kwargs or {})).to(x_t.dtype)  # fp32 arithmetic under autocast
-    alpha_bar = torch.tensor(float(diffusion.alphas_cumprod[t]), dtype=x_t.dtype, device=x_t.device)
     pred = diffusion.predict(output, x_t, alpha_bar)
     if clip_denoised or dynamic_threshold is not None:
         x0 = threshold_x0(pred.x0, clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
@@ -90,7 +98,7 @@ def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def _grid(diffusion: GaussianDiffusion, steps: int | None, spacing: str, start_step: int) -> list[int]:
+def grid(diffusion: GaussianDiffusion, steps: int | None, spacing: str = "trailing", start_step: int = 0) -> list[int]:
     """The descending grid of ``steps`` and ``spacing`` from index ``start_step`` on (SDEdit skips the start)."""
     timesteps = sampling_timesteps(diffusion.num_timesteps, steps, spacing)
     if not 0 <= start_step <= len(timesteps):
@@ -130,6 +138,7 @@ def ddpm_sample(
     clip_denoised: bool = False,
     dynamic_threshold: float | None = None,
     start_step: int = 0,
+    timesteps: list[int] | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling (Ho 2020 Alg. 2) on the respaced process.
 
@@ -139,7 +148,7 @@ def ddpm_sample(
     No noise is added on the last step. ``start_step`` (every sampler): begin at that index of the
     grid, from an ``x_T`` noised to its timestep (``sdedit_start``).
     """
-    timesteps = _grid(diffusion, steps, spacing, start_step)
+    timesteps = grid(diffusion, steps, spacing, start_step) if timesteps is None else list(timesteps)
     betas = respaced_betas(diffusion.alphas_cumprod, timesteps).tolist() if timesteps else []
 
     def update(i: int, x: torch.Tensor, pred: Prediction, a_t: float, a_prev: float) -> torch.Tensor:
@@ -162,12 +171,19 @@ def ddpm_sample(
                     clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold)
 
 
-def ddim_step(pred: Prediction, a_t: float, a_prev: float, *, eta: float = 0.0,
+def ddim_step(pred: Prediction, a_t: float | torch.Tensor, a_prev: float | torch.Tensor, *, eta: float = 0.0,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """One DDIM update (Song et al. 2021 eq. 12) from alpha_bar ``a_t`` to ``a_prev``:
     x_prev = sqrt(a') x0 + sqrt(1 - a' - s^2) eps + s z, s = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a').
-    eta = 1 is DDPM's posterior (fixed small variance), eta = 0 deterministic."""
-    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    eta = 1 is DDPM's posterior (fixed small variance), eta = 0 deterministic.
+
+    The one DDIM step of the library: sampling, RePaint, inversion (``a_prev`` > ``a_t``: the ODE run
+    forwards, eta = 0) and distillation's teacher (per-sample alpha_bars as tensors [B, 1, ...], eta = 0)."""
+    if isinstance(a_prev, torch.Tensor):
+        if eta:
+            raise ValueError("ddim_step with per-sample alpha_bars is deterministic (eta = 0)")
+        return a_prev.sqrt() * pred.x0 + (1 - a_prev).clamp(min=0).sqrt() * pred.eps
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) if eta else 0.0
     x = math.sqrt(a_prev) * pred.x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * pred.eps
     return x + sigma * _randn(x, generator) if sigma > 0 else x
 
@@ -187,11 +203,12 @@ def ddim_sample(
     clip_denoised: bool = False,
     dynamic_threshold: float | None = None,
     start_step: int = 0,
+    timesteps: list[int] | None = None,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021 eq. 12), one ``ddim_step`` per grid timestep."""
     if eta < 0:
         raise UnclipError(f"eta must be >= 0, got {eta}")
-    timesteps = _grid(diffusion, steps, spacing, start_step)
+    timesteps = grid(diffusion, steps, spacing, start_step) if timesteps is None else list(timesteps)
 
     def update(i: int, x: torch.Tensor, pred: Prediction, a_t: float, a_prev: float) -> torch.Tensor:
         return ddim_step(pred, a_t, a_prev, eta=eta, generator=generator)
@@ -222,14 +239,10 @@ def ddim_invert(
     x = x_0
     a_cur = 1.0
     for i, t in enumerate(timesteps):
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        output = model_fn(x, t_batch, **(model_kwargs or {})).to(x.dtype)
-        mean_out, _ = diffusion.split_output(output)
+        eps = predict(model_fn, diffusion, x, t, model_kwargs=model_kwargs).eps
+        x0 = (x - math.sqrt(1 - a_cur) * eps) / math.sqrt(a_cur)          # x0 of the current sample
         a_t = float(diffusion.alphas_cumprod[t])
-        alpha_bar = torch.tensor(a_t, dtype=x.dtype, device=x.device)
-        _, eps = output_to_x0_eps(diffusion.config.prediction, mean_out, x, alpha_bar)
-        x0 = (x - math.sqrt(1 - a_cur) * eps) / math.sqrt(a_cur)
-        x = math.sqrt(a_t) * x0 + math.sqrt(1 - a_t) * eps
+        x = ddim_step(Prediction(x0=x0, eps=eps, variance_values=None), a_cur, a_t)
         a_cur = a_t
         if callback is not None:
             callback(i, total, x, x0)
@@ -250,6 +263,7 @@ def dpmpp_2m_sample(
     clip_denoised: bool = False,
     dynamic_threshold: float | None = None,
     start_step: int = 0,
+    timesteps: list[int] | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), in VP form.
 
@@ -261,7 +275,7 @@ def dpmpp_2m_sample(
     ``generator`` is unused (the solver is deterministic) and kept for a uniform signature.
     """
     del generator
-    timesteps = _grid(diffusion, steps, spacing, start_step)
+    timesteps = grid(diffusion, steps, spacing, start_step) if timesteps is None else list(timesteps)
     alpha_bars = _alpha_bars(diffusion, timesteps)
     total = len(timesteps)
     x = x_T
@@ -369,34 +383,33 @@ def repaint_sample(
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ddpm": ddpm_sample,
-    "ddim": ddim_sample,
-    "dpm++2m": dpmpp_2m_sample,
-}
-
-
-def sample(name: str, model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusion, **kwargs: Any) -> torch.Tensor:
-    """Run the sampler called ``name`` ("ddpm", "ddim", "dpm++2m"); keyword arguments as that sampler's.
-
-    ``eta`` is accepted only by "ddim" (a non-zero eta for another sampler is an error).
-    """
-    if name not in SAMPLERS:
-        raise UnclipError(f"unknown sampler {name!r} (choose from: {', '.join(SAMPLERS)})")
-    if name != "ddim" and kwargs.get("eta", 0.0) != 0.0:
-        raise UnclipError(f"eta applies only to the 'ddim' sampler, not {name!r}")
-    kwargs = {k: v for k, v in kwargs.items() if not (k == "eta" and name != "ddim")}
-    return SAMPLERS[name](model_fn, x_T, diffusion, **kwargs)
+def sample(name: str, model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusion, *,
+           steps: int | None = None, spacing: str = "trailing", start_step: int = 0, eta: float = 0.0,
+           **kwargs: Any) -> torch.Tensor:
+    """Run the registered Gaussian sampler ``name`` on the grid of ``steps`` and ``spacing`` (from
+    ``start_step`` on); other keyword arguments as the sampler's. ``eta`` only for samplers that take it."""
+    spec = get_sampler(name, "gaussian", eta=eta)
+    if spec.takes_eta:
+        kwargs["eta"] = eta
+    timesteps = grid(diffusion, steps, spacing, start_step)
+    return spec.fn(model_fn, x_T, diffusion, timesteps=timesteps, **kwargs)
 
 
 def inpaint(name: str, model_fn: ModelFn, x_T: torch.Tensor, diffusion: GaussianDiffusion, *, eta: float = 0.0,
             **kwargs: Any) -> torch.Tensor:
-    """``repaint_sample`` with the reverse step of sampler ``name``: "ddim" at its ``eta``, "ddpm" as
-    DDIM at eta = 1 (the same posterior). "dpm++2m" is a multistep solver whose history the jumps
-    break, so it is refused."""
-    if name not in SAMPLERS:
-        raise UnclipError(f"unknown sampler {name!r} (choose from: {', '.join(SAMPLERS)})")
-    if name == "dpm++2m":
-        raise UnclipError("inpainting (RePaint) steps one timestep at a time, which the multistep dpm++2m cannot; "
-                          "use sampler ddim or ddpm")
-    return repaint_sample(model_fn, x_T, diffusion, eta=1.0 if name == "ddpm" else eta, **kwargs)
+    """``repaint_sample`` with the one step of sampler ``name``: a DDIM step at the caller's ``eta``
+    (samplers that take eta) or at the sampler's ``repaint_eta`` ("ddpm": 1, the same posterior). A
+    multistep solver (dpm++2m) has no such step, so it is refused."""
+    spec = get_sampler(name, "gaussian")
+    if not spec.can_repaint:
+        able = [n for n, s in SAMPLERS.items() if s.kind == "gaussian" and s.can_repaint]
+        raise UnclipError(f"inpainting (RePaint) steps one timestep at a time, which the multistep {name} cannot; "
+                          f"use sampler {' or '.join(able)}")
+    return repaint_sample(model_fn, x_T, diffusion, eta=eta if spec.takes_eta else spec.repaint_eta, **kwargs)
+
+
+register(SamplerSpec("ddpm", ddpm_sample, stochastic=True, repaint_eta=1.0,
+                     help="ancestral sampling (Ho et al. 2020), stochastic"))
+register(SamplerSpec("ddim", ddim_sample, takes_eta=True, supports_inversion=True,
+                     help="DDIM (Song et al. 2021); deterministic at eta 0"))
+register(SamplerSpec("dpm++2m", dpmpp_2m_sample, help="DPM-Solver++(2M) (Lu et al. 2022), deterministic, few steps"))

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from unclip.diffusion.registry import sampler_names
 from unclip.diffusion.schedule import SPACINGS
 from unclip.errors import UnclipError
 
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--embeddings", required=True, help="embeddings directory from 'unclip embed'")
     parser.add_argument("--split", default="test", help="held-out split to score")
     parser.add_argument("--items", type=int, default=500, help="captions scored (0 = all)")
-    parser.add_argument("--sampler", default="ddim", choices=("ddim", "ddpm", "dpm++2m"))
+    parser.add_argument("--sampler", default="ddim", choices=sampler_names("gaussian"))
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--spacing", default="trailing", choices=SPACINGS, help="timestep grid")
     parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")

@@ -39,6 +39,7 @@ from unclip.components import COMPONENT_FILE, load_component, save_component
 from unclip.config import from_dict
 from unclip.diffusion import discrete
 from unclip.diffusion.discrete import DiscreteDiffusionConfig
+from unclip.diffusion.registry import get_sampler
 from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
 from unclip.models.token_transformer import TokenTransformer
@@ -47,12 +48,12 @@ from unclip.pipelines.manifest import read_pipeline_json
 from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.diffusers_compat import diffusers_call
 from unclip.pipelines.images import check_finite
+from unclip.pipelines.sampling import stage_callback
 from unclip.precision import autocast, resolve_precision
 
 __all__ = ["ClipVQPipeline", "DEFAULTS"]
 
 DEFAULTS = {"steps": 50, "guidance_scale": 3.0, "truncation": 0.9, "sampler": "ancestral", "precision": "auto"}
-SAMPLERS = ("ancestral", "purity")
 
 
 class ClipVQPipeline:
@@ -92,9 +93,7 @@ class ClipVQPipeline:
                            ("truncation", truncation), ("sampler", sampler)):
             if value is not None:
                 s[key] = value
-        if s["sampler"] not in SAMPLERS:
-            raise UnclipError(f"sampler {s['sampler']!r} does not apply to CLIP-VQDiffusion (choose from: "
-                              f"{', '.join(SAMPLERS)})")
+        get_sampler(s["sampler"], "discrete")
         if not 1 <= int(s["steps"]) <= self.diffusion.num_steps:
             raise UnclipError(f"steps must be in [1, {self.diffusion.num_steps}], got {s['steps']}")
         if not 0.0 < float(s["truncation"]) <= 1.0:
@@ -176,24 +175,12 @@ class ClipVQPipeline:
         def uncond_fn(x_t, t):  # the learned null condition, or the negative prompt's embedding
             return torch.log_softmax(net(x_t, t, cond_embed=uncond).float(), dim=1)
 
-        model_fn = cond_fn if cond is None else discrete.classifier_free_guidance(cond_fn, uncond_fn, s["guidance_scale"])
-        total = s["steps"]
-
-        def on_step(step, codes):
-            bar.update(1)
-            if callback is not None:
-                callback("decoder", total - step + 1, total, codes)
-
+        model_fn = cond_fn if cond is None else discrete.guided_log_probs(cond_fn, uncond_fn, s["guidance_scale"])
         shape = (len(seeds), self.transformer.config.seq_len)
-        schedule = self.schedule.to(device)
-        if s["sampler"] == "purity":
-            codes = discrete.sample_purity(model_fn, shape, schedule, num_steps=total, truncation=s["truncation"],
-                                           generator=generators, device=device, callback=on_step, known=known,
-                                           keep=keep)
-        else:
-            fast, timesteps = discrete.respace(schedule, total)
-            codes = discrete.sample(model_fn, shape, fast, truncation=s["truncation"], generator=generators,
-                                    device=device, callback=on_step, timesteps=timesteps, known=known, keep=keep)
+        codes = get_sampler(s["sampler"], "discrete").fn(
+            model_fn, shape, self.schedule.to(device), steps=s["steps"], truncation=s["truncation"],
+            generator=generators, device=device, callback=stage_callback("decoder", bar, callback), known=known,
+            keep=keep)
         return self.vq.decode(codes).float() if s.get("to_pixels", True) else codes
 
     # --- edits (implemented in unclip.pipelines.edits) ---------------------------------

@@ -24,11 +24,10 @@ from unclip.diffusion.gaussian import GaussianDiffusion
 from unclip.diffusion.schedule import DiffusionConfig
 from unclip.errors import CheckpointError
 from unclip.models.unet import UNet
-from unclip.pipelines.sampling import fast_layout, is_stochastic, sample_decoder, sample_upsampler
+from unclip.pipelines.sampling import fast_layout, is_stochastic, sample_decoder, sample_upsampler, stage_callback
 from unclip.precision import autocast
 
-__all__ = ["Component", "DecoderPipeline", "upsampler_stage", "settings_stage", "batches", "select_rows",
-           "stage_callback"]
+__all__ = ["Component", "DecoderPipeline", "upsampler_stage", "settings_stage", "batches", "select_rows"]
 
 
 class Component:
@@ -110,16 +109,6 @@ def select_rows(encoding, index: list[int]):
         return None
     return type(encoding)(**{k: getattr(encoding, k)[index] if getattr(encoding, k) is not None else None
                              for k in ("embed", "tokens", "mask")})
-
-
-def stage_callback(stage: str, bar, user: Callable | None):
-    def callback(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
-        if bar is not None:
-            bar.update(1)
-        if user is not None:
-            user(stage, step + 1, total, x)
-
-    return callback
 
 
 class DecoderPipeline:

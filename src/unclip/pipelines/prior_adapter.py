@@ -92,7 +92,8 @@ class PriorPipeline:
 
         ``groups``: the batches of image indices (``unclip.pipelines.decoder.batches``; default one batch);
         ``stochastic``: the groups hold one image each and sample with that image's generator."""
-        from unclip.pipelines.decoder import select_rows, stage_callback
+        from unclip.pipelines.decoder import select_rows
+        from unclip.pipelines.sampling import stage_callback
 
         n = len(noise)
         groups = groups or [list(range(n))]

@@ -18,24 +18,38 @@ import torch.nn.functional as F
 
 from unclip.diffusion.gaussian import GaussianDiffusion
 from unclip.diffusion.guidance import classifier_free_guidance
-from unclip.diffusion.samplers import SAMPLERS, inpaint, sample
+from unclip.diffusion.registry import StepCallback, get_sampler
+from unclip.diffusion.samplers import inpaint, sample
 from unclip.errors import UnclipError
 from unclip.models.unet import UNet
 
 __all__ = ["decoder_kwargs", "sample_decoder", "sample_upsampler", "anchor_to_low_res", "is_stochastic",
-           "check_sampler", "fast_layout"]
+           "check_sampler", "fast_layout", "stage_callback", "PipelineCallback"]
+
+PipelineCallback = Callable[[str, int, int, torch.Tensor], None]
+"""A pipeline's user callback: ``callback(stage, step, total, x)``, step counted from 1."""
+
+
+def stage_callback(stage: str, bar, user: PipelineCallback | None) -> StepCallback:
+    """The sampler's ``StepCallback`` of one stage: ticks the progress ``bar`` and calls ``user``."""
+
+    def callback(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        if bar is not None:
+            bar.update(1)
+        if user is not None:
+            user(stage, step + 1, total, x)
+
+    return callback
 
 
 def check_sampler(name: str, eta: float = 0.0) -> None:
-    if name not in SAMPLERS:
-        raise UnclipError(f"unknown sampler {name!r} (choose from: {', '.join(SAMPLERS)})")
-    if eta and name != "ddim":
-        raise UnclipError(f"eta applies only to the 'ddim' sampler, not {name!r}")
+    """A one-line error unless ``name`` is a registered Gaussian sampler that accepts ``eta``."""
+    get_sampler(name, "gaussian", eta=eta)
 
 
 def is_stochastic(sampler: str, eta: float = 0.0) -> bool:
     """True when the sampler draws fresh noise at each step (so batching changes results)."""
-    return sampler == "ddpm" or (sampler == "ddim" and eta > 0)
+    return get_sampler(sampler, "gaussian").is_stochastic(eta)
 
 
 def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +109,7 @@ def decoder_kwargs(decoder: UNet, batch: int, device, *, image_embed=None, text=
 def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tensor, *, image_embed=None,
                    text=None, negative_text=None, guidance_scale: float = 3.0, sampler: str = "ddim",
                    steps: int = 25, eta: float = 0.0, generator: torch.Generator | None = None,
-                   callback: Callable | None = None, channels_last: bool = False,
+                   callback: StepCallback | None = None, channels_last: bool = False,
                    spacing: str = "trailing", clip_denoised: bool = True, start_step: int = 0,
                    known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                    resample: int = 1) -> torch.Tensor:
@@ -122,7 +136,7 @@ def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tenso
 
 def sample_upsampler(upsampler: UNet, diffusion: GaussianDiffusion, low_res: torch.Tensor, x_T: torch.Tensor, *,
                      noise_level: int = 0, sampler: str = "ddim", steps: int = 25, eta: float = 0.0,
-                     generator: torch.Generator | None = None, callback: Callable | None = None,
+                     generator: torch.Generator | None = None, callback: StepCallback | None = None,
                      channels_last: bool = False, spacing: str = "trailing", start_step: int = 0,
                      known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                      resample: int = 1, anchor_low_res: bool = False) -> torch.Tensor:

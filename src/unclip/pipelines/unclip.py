@@ -42,7 +42,6 @@ import torch
 
 from unclip.checkpoint import atomic_write_text, replace_dir
 from unclip.components import COMPONENT_FILE
-from unclip.diffusion.schedule import SPACINGS
 from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
 from unclip.pipelines.manifest import read_pipeline_json
@@ -51,17 +50,13 @@ from unclip.pipelines.decoder import Component, DecoderPipeline, batches, upsamp
 from unclip.pipelines.diffusers_compat import diffusers_call
 from unclip.pipelines.images import check_finite, to_numpy, to_pil
 from unclip.pipelines.prior_adapter import PriorComponent, PriorPipeline, load_prior_component
-from unclip.pipelines.sampling import check_sampler, is_stochastic
-from unclip.precision import resolve_precision
+from unclip.pipelines.sampling import is_stochastic
+from unclip.pipelines.settings import GUIDED, default_settings, resolve_stages
 
 __all__ = ["UnCLIPPipeline", "Component", "assemble_unclip", "make_seeds", "generators", "DEFAULTS",
            "IMAGE_EMBED_SOURCES"]
 
-DEFAULTS = {  # "precision": "auto" = bf16 where the hardware has native bf16, else fp32 (unclip.precision)
-    "prior": {"steps": 25, "sampler": "ddim", "guidance_scale": 2.0, "precision": "auto"},
-    "decoder": {"steps": 25, "sampler": "ddim", "guidance_scale": 3.0, "precision": "auto"},
-    "upsampler": {"steps": 15, "sampler": "ddim", "precision": "auto"},
-}
+DEFAULTS = default_settings()  # per stage, from unclip.pipelines.settings.STAGE_DEFAULTS
 SEED_MAX = 2**31 - 1
 IMAGE_EMBED_SOURCES = ("prior", "text", "none")
 
@@ -88,13 +83,6 @@ def make_seeds(seed: int | Sequence[int] | torch.Generator | None, count: int) -
 def generators(seeds: Sequence[int], device) -> list[torch.Generator]:
     """One generator per image, seeded by its seed: every stage's starting noise is drawn from it in order."""
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-
-
-def _check_positive(name: str, value, high: float) -> None:
-    if value is None:
-        return
-    if not 0 < value <= high:
-        raise UnclipError(f"{name} must be in (0, {high:g}], got {value}")
 
 
 class UnCLIPPipeline:
@@ -184,35 +172,13 @@ class UnCLIPPipeline:
         ``precision`` ("auto", "fp32" or "bf16") applies to every stage and is resolved for this
         pipeline's device, so the settings record what actually ran.
         """
-        for name, value in (("prior_steps", prior_steps), ("decoder_steps", decoder_steps),
-                            ("upsampler_steps", upsampler_steps)):
-            _check_positive(name, value, 1000)
-        for name, value in (("prior_guidance", prior_guidance), ("decoder_guidance", decoder_guidance)):
-            if value is not None and not 0 <= value <= 50:
-                raise UnclipError(f"{name} must be in [0, 50], got {value}")
-        if not 0 <= eta <= 1:
-            raise UnclipError(f"eta must be in [0, 1], got {eta}")
-        for value in (spacing, prior_spacing, decoder_spacing, upsampler_spacing):
-            if value is not None and value not in SPACINGS:
-                raise UnclipError(f"unknown spacing {value!r} (choose from: {', '.join(SPACINGS)})")
-        given = {"prior": (prior_steps, prior_sampler, prior_guidance),
-                 "decoder": (decoder_steps, decoder_sampler, decoder_guidance),
-                 "upsampler": (upsampler_steps, upsampler_sampler, None)}
-        stage_spacing = {"prior": prior_spacing, "decoder": decoder_spacing, "upsampler": upsampler_spacing}
-        settings = {}
+        values = {k: v for k, v in locals().items() if k not in ("self", "upsample", "to_pixels")}  # flat, None = unset
         if not upsample and upsampler_steps is not None:
             raise UnclipError("upsample=False skips the upsampler, so upsampler_steps cannot apply; drop one of them")
-        for stage in (s for s in self.stages if upsample or s != "upsampler"):
-            steps, stage_sampler, guidance = given[stage]
-            values = dict(self.defaults[stage])
-            values.update({k: v for k, v in (("steps", steps), ("sampler", stage_sampler or sampler),
-                                             ("guidance_scale", guidance)) if v is not None})
-            values["steps"] = int(values["steps"])
-            values["spacing"] = stage_spacing[stage] or spacing or values.get("spacing", "trailing")
-            values["eta"] = float(eta) if values["sampler"] == "ddim" else 0.0
-            values["precision"] = resolve_precision(precision or values.get("precision", "auto"), self.device)
-            check_sampler(values["sampler"], values["eta"])
-            settings[stage] = values
+        stages = [s for s in self.stages if upsample or s != "upsampler"]
+        resolved = resolve_stages(stages, self.defaults, values=values, device=self.device)
+        settings = {stage: {k: v for k, v in s.as_dict().items() if k != "guidance_scale" or stage in GUIDED}
+                    for stage, s in resolved.items()}
         if not to_pixels:
             settings["decoder"]["to_pixels"] = False
         return settings

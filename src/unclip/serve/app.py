@@ -11,6 +11,7 @@ show progress). Errors are ``{"error": "<one line>", "status": <code>}``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import secrets
 from contextlib import asynccontextmanager
@@ -31,7 +32,8 @@ from unclip.serve.backend import Backend, Result, Sampling, ServablePipeline
 from unclip.serve.config import ServeConfig
 from unclip.serve.images import b64, decode_upload
 from unclip.serve.jobs import Job, JobQueue, JobState, QueueFull
-from unclip.serve.schemas import SEED_MAX, ErrorOut, GenerateIn, JobOut, ResultOut, SamplingIn
+from unclip.serve.schemas import SEED_MAX, SERVED_STAGE_SETTINGS, ErrorOut, GenerateIn, JobOut, ResultOut, SamplingIn
+from unclip.pipelines.settings import FLAT
 
 STATIC_DIR = Path(__file__).parent / "static"
 GRACE_S = 2.0  # a sync request waits this long past its job's deadline for the worker to notice it
@@ -243,13 +245,8 @@ WAIT_HELP = "true: answer when the job is done; false: answer 202 at once with a
 
 
 # --- input checks ------------------------------------------------------------
-def _sampling_form(seed: str | None = Form(None, description='integer, or "random"'),
-                   prior_steps: int | None = Form(None, ge=1, le=1000),
-                   decoder_steps: int | None = Form(None, ge=1, le=1000),
-                   upsampler_steps: int | None = Form(None, ge=1, le=1000),
-                   prior_guidance: float | None = Form(None, ge=0, le=100),
-                   decoder_guidance: float | None = Form(None, ge=0, le=100)) -> SamplingIn:
-    """The sampling fields of a multipart form (upload endpoints)."""
+def _sampling_form(seed: str | None = None, **fields) -> SamplingIn:
+    """The sampling fields of a multipart form (upload endpoints); its signature is ``SamplingIn``'s fields."""
     text = (seed or "").strip()
     if text and text != "random":
         try:
@@ -258,32 +255,45 @@ def _sampling_form(seed: str | None = Form(None, description='integer, or "rando
             raise ApiError(422, f'seed: {text!r} is not an integer; give a number in [0, {SEED_MAX}] or "random"')
     else:
         parsed_seed = None
-    return SamplingIn(seed=parsed_seed, prior_steps=prior_steps, decoder_steps=decoder_steps,
-                      upsampler_steps=upsampler_steps, prior_guidance=prior_guidance,
-                      decoder_guidance=decoder_guidance)
+    return SamplingIn(seed=parsed_seed, **fields)
+
+
+def _form_signature() -> inspect.Signature:
+    """``_sampling_form``'s parameters as FastAPI reads them: one Form field per ``SamplingIn`` field."""
+    params = [inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
+                                default=Form(None, description='integer, or "random"'))]
+    for name, info in SamplingIn.model_fields.items():
+        if name != "seed":
+            bounds = {type(m).__name__: m for m in info.metadata}
+            ge = getattr(bounds.get("Ge"), "ge", None)
+            le = getattr(bounds.get("Le"), "le", None)
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=info.annotation,
+                                            default=Form(None, ge=ge, le=le, description=info.description)))
+    return inspect.Signature(params, return_annotation=SamplingIn)
+
+
+_sampling_form.__signature__ = _form_signature()
 
 
 def _sampling(config: ServeConfig, body: SamplingIn, stages: tuple[str, ...]) -> Sampling:
     """Check steps and guidance against the server's limits and the model; draw a seed when none was given."""
-    if body.upsampler_steps is not None and "upsampler" not in stages:
-        raise ApiError(422, f"upsampler_steps: this model has no upsampler (stages: {', '.join(stages)}); "
-                       "leave it out")
-    for name in ("prior_steps", "decoder_steps", "upsampler_steps"):
-        value = getattr(body, name)
-        if value is not None and value > config.max_steps:
+    values = {name: getattr(body, name) for name in SERVED_STAGE_SETTINGS if getattr(body, name) is not None}
+    for name, value in values.items():
+        stage, field = FLAT[name]
+        if stage == "upsampler" and stage not in stages:
+            raise ApiError(422, f"{name}: this model has no upsampler (stages: {', '.join(stages)}); leave it out")
+        if field == "steps" and value > config.max_steps:
             raise ApiError(422, f"{name}: {value} is more than this server's limit of {config.max_steps} steps")
-    for name in ("prior_guidance", "decoder_guidance"):
-        value = getattr(body, name)
-        if value is not None and not config.min_guidance <= value <= config.max_guidance:
+        if field == "guidance_scale" and not config.min_guidance <= value <= config.max_guidance:
             raise ApiError(422, f"{name}: {value:g} is outside [{config.min_guidance:g}, {config.max_guidance:g}]")
     seed = body.seed
     if seed is None or seed == "random":
         seed = secrets.randbelow(SEED_MAX - 1024)  # room for seed + i per image
     elif not 0 <= seed <= SEED_MAX:
         raise ApiError(422, f"seed: {seed} is outside [0, {SEED_MAX}]")
-    return Sampling(seed=int(seed), prior_steps=body.prior_steps, decoder_steps=body.decoder_steps,
-                    upsampler_steps=body.upsampler_steps, prior_guidance=body.prior_guidance,
-                    decoder_guidance=body.decoder_guidance)
+    if body.sampler is not None:
+        values["sampler"] = body.sampler
+    return Sampling(seed=int(seed), values=values)
 
 
 def _check_text(config: ServeConfig, text: str, name: str) -> str:

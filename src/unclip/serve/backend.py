@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from PIL import Image
 
 from unclip.errors import UnclipError
+from unclip.pipelines.settings import FLAT, flat_names, stage_of
 from unclip.serve.images import gif_bytes, png_bytes, strip
 
 Report = Callable[[str, int, int], None]  # (stage, step, total)
@@ -57,23 +58,15 @@ class ServablePipeline(Protocol):
 
 @dataclass(frozen=True)
 class Sampling:
-    """Seed plus per-stage steps and guidance (``None``: the model's default)."""
+    """Seed plus the set sampling settings by flat name (``decoder_steps``, ``sampler``, ...; absent: the
+    model's default), as ``unclip.pipelines.settings.FLAT`` names them."""
 
     seed: int
-    prior_steps: int | None = None
-    decoder_steps: int | None = None
-    upsampler_steps: int | None = None
-    prior_guidance: float | None = None
-    decoder_guidance: float | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
 
     def pipeline_kwargs(self, stages: Sequence[str]) -> dict[str, Any]:
         """Set values for the stages the model has; ``prior_*`` only when there is a prior."""
-        kwargs = {}
-        for name in ("prior_steps", "decoder_steps", "upsampler_steps", "prior_guidance", "decoder_guidance"):
-            value = getattr(self, name)
-            if value is not None and name.split("_")[0] in stages:
-                kwargs[name] = value
-        return kwargs
+        return {k: v for k, v in self.values.items() if stage_of(k) is None or stage_of(k) in stages}
 
 
 @dataclass
@@ -112,12 +105,11 @@ class Backend:
         defaults = dict(getattr(self.pipeline, "defaults", None) or {})
         if "steps" in defaults and len(self.stages) == 1:  # one-stage pipelines (CLIP-VQDiffusion) keep them flat
             defaults = {self.stages[0]: defaults}
-        for stage, values in defaults.items():
-            if isinstance(values, dict) and stage in self.stages:
-                if "steps" in values:
-                    flat[f"{stage}_steps"] = values["steps"]
-                if "guidance_scale" in values and stage in ("prior", "decoder"):
-                    flat[f"{stage}_guidance"] = values["guidance_scale"]
+        for name in flat_names(self.stages, fields=("steps", "guidance_scale")):
+            stage, setting = FLAT[name]
+            values = defaults.get(stage)
+            if isinstance(values, dict) and setting in values:
+                flat[name] = values[setting]
         return flat
 
     def info(self) -> dict:

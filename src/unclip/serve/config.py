@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from unclip.limits import MAX_IMAGE_PIXELS, MAX_IMAGES
+from unclip.pipelines.settings import GUIDANCE_MAX, STEPS_MAX
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,9 +27,9 @@ class ServeConfig:
     max_prompt_chars: int = 300
     max_images: int = 8  # images per request (generate, variations); at most unclip.limits.MAX_IMAGES
     max_frames: int = 12  # frames of an interpolation or text diff
-    max_steps: int = 250  # per stage
+    max_steps: int = 250  # per stage; at most unclip.pipelines.settings.STEPS_MAX
     min_guidance: float = 0.0
-    max_guidance: float = 20.0
+    max_guidance: float = 20.0  # at most unclip.pipelines.settings.GUIDANCE_MAX, the pipeline's own limit
     max_upload_bytes: int = 8 * 1024 * 1024  # per uploaded file
     max_image_pixels: int = MAX_IMAGE_PIXELS  # checked from the header before decoding (unclip.imagefile)
     max_image_side: int = 1024  # larger uploads are downscaled once decoded, so queued jobs stay small
@@ -47,8 +48,10 @@ class ServeConfig:
             raise ValueError(f"time_limit_s must be in (0, 3600], got {self.time_limit_s}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if not 0 <= self.min_guidance <= self.max_guidance:
-            raise ValueError("guidance range must satisfy 0 <= min_guidance <= max_guidance")
+        if not 0 <= self.min_guidance <= self.max_guidance <= GUIDANCE_MAX:
+            raise ValueError(f"guidance range must satisfy 0 <= min_guidance <= max_guidance <= {GUIDANCE_MAX:g}")
+        if self.max_steps > STEPS_MAX:
+            raise ValueError(f"max_steps must be at most {STEPS_MAX}, got {self.max_steps}")
 
     @property
     def is_loopback(self) -> bool:

@@ -1,37 +1,64 @@
 """Request and response bodies of the HTTP API (pydantic; they make the OpenAPI docs).
 
-Hard ranges live here; the server's own (tighter) limits from ``ServeConfig``
-are checked in ``unclip.serve.app`` so one schema serves every configuration.
+Hard ranges come from the typed sampling settings (``unclip.pipelines.settings``: the steps and guidance
+fields per stage, and the sampler names of ``unclip.diffusion.registry``, read when the schema is shown);
+the server's own (tighter) limits from ``ServeConfig`` are checked in ``unclip.serve.app`` so one schema
+serves every configuration.
 Numbers are strict: ``"2"``, ``true`` or ``2.0`` for an integer is a 422, not a silent conversion.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, create_model, field_validator
 
+from unclip.diffusion.registry import sampler_names
 from unclip.limits import MAX_IMAGES
+from unclip.pipelines.settings import FLAT, flat_names, help_of, limits
 
 SEED_MAX = 2**31 - 1  # as unclip.pipelines.unclip.SEED_MAX; image i uses seed + i
 
 SeedField = StrictInt | Literal["random"] | None
 
 
-class SamplingIn(BaseModel):
-    """Steps and guidance per stage; ``None`` uses the model's default."""
+SERVED_STAGE_SETTINGS = flat_names(fields=("steps", "guidance_scale"))  # prior_steps, ..., decoder_guidance
 
-    model_config = ConfigDict(extra="forbid")
+
+def _list_samplers(schema: dict, model=None) -> None:
+    """The sampler names in the JSON schema, read from the registry each time the schema is built."""
+    for option in schema.get("properties", {}).get("sampler", {}).get("anyOf", []):
+        if option.get("type") == "string":
+            option["enum"] = list(sampler_names())
+
+
+class _SamplingBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_list_samplers)
 
     seed: SeedField = Field(None, description='integer in [0, 2^31-1], or "random"/null for a random seed '
                             "(the seed used is returned so the result can be reproduced)")
-    prior_steps: int | None = Field(None, ge=1, le=1000, strict=True, description="diffusion prior sampling steps")
-    decoder_steps: int | None = Field(None, ge=1, le=1000, strict=True, description="decoder sampling steps")
-    upsampler_steps: int | None = Field(None, ge=1, le=1000, strict=True, description="upsampler sampling steps")
-    prior_guidance: float | None = Field(None, ge=0, le=100, strict=True,
-                                         description="classifier-free guidance scale of the prior")
-    decoder_guidance: float | None = Field(None, ge=0, le=100, strict=True,
-                                           description="classifier-free guidance scale of the decoder")
+    sampler: str | None = Field(None, description="sampler of every stage (unCLIP: Gaussian samplers; "
+                                "CLIP-VQDiffusion: discrete ones); null: the model's")
+
+    @field_validator("sampler")
+    @classmethod
+    def _registered(cls, value: str | None) -> str | None:
+        if value is not None and value not in sampler_names():
+            raise ValueError(f"unknown sampler {value!r} (choose from: {', '.join(sampler_names())})")
+        return value
+
+
+def stage_field(name: str) -> tuple[type, Any]:
+    """(annotation, Field) of a flat per-stage setting: its type and hard range from ``StageSampling``."""
+    stage, field = FLAT[name]
+    low, high = limits(field)
+    kind = int if field == "steps" else float
+    return kind | None, Field(None, ge=low, le=high, strict=True, description=f"{stage} {help_of(field)}")
+
+
+SamplingIn = create_model("SamplingIn", __base__=_SamplingBase,
+                          __doc__="Sampler, steps and guidance per stage; ``None`` uses the model's default.",
+                          **{name: stage_field(name) for name in SERVED_STAGE_SETTINGS})
 
 
 class GenerateIn(SamplingIn):

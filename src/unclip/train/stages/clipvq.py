@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from unclip.diffusion import discrete
 from unclip.diffusion.discrete import DiscreteDiffusionConfig
+from unclip.diffusion.registry import sampler_names
 from unclip.models.vq import load_vq
 from unclip.errors import UnclipError
 from unclip.models.token_transformer import TokenTransformer, TokenTransformerConfig
@@ -62,7 +63,11 @@ class ClipVQSample:
     guidance_scale: float = 3.0
     truncation: float = 0.9
     steps: int = 50
-    sampler: Literal["ancestral", "purity"] = "ancestral"
+    sampler: str = "ancestral"        # a discrete sampler of unclip.diffusion.registry
+
+    def __post_init__(self):
+        if self.sampler not in sampler_names("discrete"):
+            raise ValueError(f"sample.sampler={self.sampler!r}: choose from {', '.join(sampler_names('discrete'))}")
 
 
 @dataclass(frozen=True)

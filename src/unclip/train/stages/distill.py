@@ -47,6 +47,7 @@ from unclip.checkpoint import load_model, read_metadata
 from unclip.config import from_dict
 from unclip.diffusion.gaussian import GaussianDiffusion, expand, output_to_x0_eps
 from unclip.diffusion.guidance import classifier_free_guidance
+from unclip.diffusion.samplers import ddim_step, predict
 from unclip.diffusion.schedule import SPACINGS, DiffusionConfig, sampling_timesteps
 from unclip.errors import UnclipError
 from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
@@ -145,13 +146,9 @@ def nested_grids(num_timesteps: int, steps: int, spacing: str = "trailing") -> t
 
 def _ddim_step(model_fn, diffusion: GaussianDiffusion, z: torch.Tensor, t: torch.Tensor, a_t: torch.Tensor,
                a_next: torch.Tensor, model_kwargs: dict, clip_denoised: bool) -> torch.Tensor:
-    """One deterministic DDIM step (Song et al. 2021 eq. 12, eta = 0) with per-sample t [B], alpha_bars [B,1,..]."""
-    mean_out, _ = diffusion.split_output(model_fn(z, t, **model_kwargs))
-    x0, eps = output_to_x0_eps(diffusion.config.prediction, mean_out, z, a_t)
-    if clip_denoised:  # as unclip.diffusion.samplers.predict: clip x0, recompute eps from it
-        x0 = x0.clamp(-1, 1)
-        eps = (z - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-    return a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+    """One deterministic DDIM step (the sampler's own ``predict`` + ``ddim_step``) with per-sample t [B]."""
+    pred = predict(model_fn, diffusion, z, t, model_kwargs=model_kwargs, clip_denoised=clip_denoised)
+    return ddim_step(pred, a_t, a_next)
 
 
 @torch.no_grad()

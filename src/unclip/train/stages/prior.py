@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from unclip.checkpoint import atomic_write_text
 from unclip.components import save_component
-from unclip.diffusion import GaussianDiffusion
+from unclip.diffusion import GaussianDiffusion, sampler_names
 from unclip.encoders.shards import EmbeddingRows
 from unclip.errors import UnclipError
 from unclip.models.ar_prior import ARPrior, ARPriorConfig
@@ -54,11 +54,15 @@ class PriorData:
 @dataclass(frozen=True)
 class PriorSample:
     """Sampling settings for ``evaluate`` and the defaults written into the component file."""
-    sampler: Literal["ddim", "ddpm", "dpm++2m"] = "ddim"
+    sampler: str = "ddim"             # a Gaussian sampler of unclip.diffusion.registry
     steps: int = 64
     guidance_scale: float = 2.0
     num_candidates: int = 2
     eval_items: int = 256             # held-out captions scored at each evaluation
+
+    def __post_init__(self):
+        if self.sampler not in sampler_names("gaussian"):
+            raise ValueError(f"sample.sampler={self.sampler!r}: choose from {', '.join(sampler_names('gaussian'))}")
 
 
 @dataclass(frozen=True)
