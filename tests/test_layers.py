@@ -27,9 +27,6 @@ LAYERS: list[set[str]] = [
     {"cli"},
 ]
 
-# Faults known today, each to be removed by the change that mends it (the test fails on any other).
-KNOWN_UPWARD: set[str] = set()
-KNOWN_CYCLES: list[set[str]] = [{"unclip.pipelines.unclip", "unclip.pipelines.manipulate"}]
 
 
 def _modules() -> dict[str, Path]:
@@ -120,12 +117,11 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_every_module_is_in_a_layer_and_imports_only_downwards():
     graph = import_graph()
     upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if _layer_of(b) > _layer_of(a))
-    upward = [edge for edge in upward if edge not in KNOWN_UPWARD]
     assert not upward, "imports that point up a layer (see LAYERS):\n" + "\n".join(upward)
 
 
 def test_no_import_cycles():
-    found = [c for c in cycles(import_graph()) if not any(known <= set(c) for known in KNOWN_CYCLES)]
+    found = cycles(import_graph())
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 

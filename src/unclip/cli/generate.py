@@ -221,7 +221,7 @@ def _command() -> str:
 def _generate(args) -> int:
     from unclip.checkpoint import atomic_write_text, staged_dir
     from unclip.pipelines.images import image_grid, save_png
-    from unclip.pipelines.unclip import make_seeds
+    from unclip.pipelines.seeds import make_seeds
 
     prompts = [check_utf8(p, f"prompt {i + 1}") for i, p in enumerate(args.prompt)]
     if any(not p.strip() for p in prompts):

@@ -45,9 +45,10 @@ from unclip.errors import CheckpointError, UnclipError
 from unclip.models.token_transformer import TokenTransformer
 from unclip.models.vq import VQModel
 from unclip.pipelines.manifest import read_pipeline_json
+from unclip.pipelines.seeds import make_seeds
 from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.diffusers_compat import diffusers_call
-from unclip.pipelines.images import check_finite
+from unclip.pipelines.images import check_finite, format_images
 from unclip.pipelines.sampling import stage_callback
 from unclip.precision import autocast, resolve_precision
 
@@ -122,7 +123,6 @@ class ClipVQPipeline:
         ``style`` (e.g. "fluent"): each prompt becomes that style's caption (``unclip.pipelines.style``).
         """
         from unclip.pipelines.style import styled_prompts
-        from unclip.pipelines.unclip import make_seeds
 
         prompts = styled_prompts(check_captions(prompts), style)
         if not 1 <= num_images_per_prompt <= 256:
@@ -147,7 +147,7 @@ class ClipVQPipeline:
         images = torch.cat(images)
         info = {"negative_prompt": negative_prompt, "num_images_per_prompt": num_images_per_prompt,
                 "stages": {"decoder": s}, "model": self.name, "condition": self.condition, "style": style}
-        return PipelineOutput(images=_format(check_finite(images, self.name), output_type), seeds=seeds,
+        return PipelineOutput(images=format_images(check_finite(images, self.name), output_type), seeds=seeds,
                               prompts=image_prompts, settings=info)
 
     def _conditions(self, prompts: list[str], negative_prompt: str | None):
@@ -242,15 +242,3 @@ class ClipVQPipeline:
         encoder = load_encoder(directory / parts["encoder"], device=device) if parts.get("encoder") else None
         return cls(encoder, vq, transformer, diffusion=diffusion, condition=info.get("condition", "image"),
                    defaults=defaults, info=info.get("info"), name=info.get("name") or directory.name)
-
-
-def _format(images: torch.Tensor, output_type: str):
-    from unclip.pipelines.images import to_numpy, to_pil
-
-    if output_type == "pil":
-        return to_pil(images)
-    if output_type == "np":
-        return to_numpy(images)
-    if output_type in ("pt", "latent"):  # "latent": the token codes [N, seq_len] (diffusers_compat)
-        return images.detach().cpu()
-    raise UnclipError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")

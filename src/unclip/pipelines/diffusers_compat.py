@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from unclip.errors import UnclipError
+from unclip.pipelines.seeds import SEED_MAX
 
 __all__ = ["ALIASES", "TENSOR_INPUTS", "diffusers_call", "translate", "StepEndCallback"]
 
@@ -125,7 +126,6 @@ def _seeds_from(generator) -> torch.Generator | list[int]:
     if isinstance(generator, torch.Generator):
         return generator
     if isinstance(generator, (list, tuple)) and generator and all(isinstance(g, torch.Generator) for g in generator):
-        from unclip.pipelines.unclip import SEED_MAX
 
         return [int(torch.randint(0, SEED_MAX, (1,), generator=g, device=g.device)) for g in generator]
     raise UnclipError(f"generator must be a torch.Generator or a list of them (one per image), got "

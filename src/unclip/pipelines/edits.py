@@ -38,7 +38,8 @@ from unclip.diffusion.samplers import sdedit_start
 from unclip.errors import UnclipError
 from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.decoder import settings_stage
-from unclip.pipelines.images import check_finite, image_to_tensor
+from unclip.pipelines.images import check_finite, format_images, image_to_tensor
+from unclip.pipelines.seeds import make_seeds
 
 __all__ = ["img2img", "inpaint", "inpaint_clipvq", "box_mask", "parse_box", "mask_tensor", "StageEdit",
            "DEFAULT_STRENGTH", "DEFAULT_RESAMPLE", "MAX_RESAMPLE"]
@@ -181,7 +182,6 @@ def _prepare(pipe, image, prompt, negative_prompt, image_embed_source, num_image
     """What img2img and inpaint share: settings, seeds, noise, conditioning and the input at each stage's size.
 
     ``image_eta``: the DDIM eta of the decoder and upsampler only (the prior keeps its own)."""
-    from unclip.pipelines.unclip import make_seeds
 
     if not 1 <= num_images <= 64:
         raise UnclipError(f"num_images must be in [1, 64], got {num_images}")
@@ -295,7 +295,6 @@ def inpaint_clipvq(pipe, image: ImageLike, mask: MaskLike, prompt: str | None = 
                           "instead: leave it out")
     from tqdm.auto import tqdm
 
-    from unclip.pipelines.unclip import make_seeds
     from unclip.precision import autocast
 
     if not 1 <= num_images <= 64:
@@ -320,9 +319,8 @@ def inpaint_clipvq(pipe, image: ImageLike, mask: MaskLike, prompt: str | None = 
         images = pixel_mask * images + (1 - pixel_mask) * x
     info = {"operation": "inpaint", "prompt": prompt, "paste_back": paste_back, "stages": {"decoder": s},
             "masked_fraction": float(pixel_mask.mean()), "fixed_tokens": int(keep[0].sum())}
-    from unclip.pipelines.clip_vq import _format
 
-    return PipelineOutput(images=_format(check_finite(images, pipe.name), output_type), seeds=seeds,
+    return PipelineOutput(images=format_images(check_finite(images, pipe.name), output_type), seeds=seeds,
                           prompts=[prompt or "inpaint"] * num_images, settings=info)
 
 

@@ -17,7 +17,7 @@ from unclip.checkpoint import atomic_write
 from unclip.errors import CheckpointError, UnclipError
 from unclip.imagefile import image_to_tensor, load_image
 
-__all__ = ["to_pil", "to_numpy", "image_to_tensor", "check_finite", "image_grid", "load_image", "save_png", "save_gif"]
+__all__ = ["to_pil", "to_numpy", "format_images", "image_to_tensor", "check_finite", "image_grid", "load_image", "save_png", "save_gif"]
 
 
 def check_finite(images: torch.Tensor, model: str | None = None) -> torch.Tensor:
@@ -39,6 +39,18 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 def to_numpy(images: torch.Tensor) -> np.ndarray:
     """[B, 3, H, W] in [-1, 1] → [B, H, W, 3] float32 in [0, 1]."""
     return ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
+def format_images(images: torch.Tensor, output_type: str):
+    """A pipeline's output [N, ...] as ``output_type``: "pil" (list of images), "np" ([N, H, W, 3] in [0, 1]),
+    "pt" or "latent" (the tensor itself, on the CPU: a latent decoder's samples or CLIP-VQ's codes)."""
+    if output_type == "pil":
+        return to_pil(images)
+    if output_type == "np":
+        return to_numpy(images)
+    if output_type in ("pt", "latent"):
+        return images.detach().cpu()
+    raise UnclipError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
 
 
 def image_grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2,

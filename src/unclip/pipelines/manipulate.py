@@ -27,6 +27,7 @@ from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.images import check_finite, image_to_tensor, load_image
 from unclip.pipelines.sampling import decoder_kwargs
 from unclip.precision import autocast
+from unclip.pipelines.seeds import generators, make_seeds
 
 __all__ = ["slerp", "variations", "interpolate", "text_diff", "text_diff_embeddings", "invert",
            "decode_embeddings"]
@@ -106,7 +107,6 @@ def _frames_check(num_frames: int) -> None:
 def decode_embeddings(pipe, image_embed: torch.Tensor, seeds: list[int], settings: dict[str, dict], callback,
                       progress: bool, decoder_noise: torch.Tensor | None = None) -> torch.Tensor:
     """Images decoded from z_i [N, D] by the decoder pipeline, image i's noise drawn from seed i."""
-    from unclip.pipelines.unclip import generators
 
     half = pipe.decoder_pipeline
     gens = generators(seeds, pipe.device)
@@ -124,7 +124,6 @@ def variations(pipe, image, *, num_images: int = 4, seed=None, callback: Callabl
                from_inversion: bool = False, eta: float = 0.8, progress: bool = True, output_type: str = "pil",
                **stage_settings) -> PipelineOutput:
     """Variations of ``image`` (§3.1). ``from_inversion``: start at its DDIM latent, sample DDIM with ``eta``."""
-    from unclip.pipelines.unclip import make_seeds
 
     _check_manipulable(pipe)
     if not 1 <= num_images <= 64:
@@ -148,7 +147,6 @@ def interpolate(pipe, image_a, image_b, *, num_frames: int = 8, seed=None, callb
                 noise: str = "fixed", progress: bool = True, output_type: str = "pil",
                 **stage_settings) -> PipelineOutput:
     """Frames decoding slerp(z_a, z_b, θ), θ = 0..1 (§3.2). ``noise``: "fixed" (one seed) or "inversion"."""
-    from unclip.pipelines.unclip import make_seeds
 
     _check_manipulable(pipe)
     _frames_check(num_frames)
@@ -191,7 +189,6 @@ def text_diff(pipe, image, from_caption: str, to_caption: str, *, num_frames: in
               output_type: str = "pil", **stage_settings) -> PipelineOutput:
     """Text-diff edit of ``image`` from ``from_caption`` towards ``to_caption`` (§3.3); θ = 0..max_theta."""
     from unclip.encoders.base import check_captions
-    from unclip.pipelines.unclip import make_seeds
 
     _check_manipulable(pipe)
     _frames_check(num_frames)

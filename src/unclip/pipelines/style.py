@@ -29,6 +29,7 @@ import torch
 
 from unclip.errors import UnclipError
 from unclip.pipelines.output import PipelineOutput
+from unclip.pipelines.seeds import make_seeds
 
 __all__ = ["style_titles", "check_style", "style_caption", "parse_style_caption", "styled_prompt",
            "styled_prompts", "dataset_caption", "resolve_source", "restyle", "RESTYLE_METHODS"]
@@ -157,7 +158,6 @@ def _text_diff_restyle(pipe, image, from_caption, to_caption, theta, num_images,
     from unclip.pipelines.edits import _image_at, _open
     from unclip.pipelines.images import check_finite
     from unclip.pipelines.manipulate import decode_embeddings, invert, text_diff_embeddings
-    from unclip.pipelines.unclip import make_seeds
 
     if not pipe.decoder.model.config.image_embed_dim:
         raise UnclipError("this decoder is text-only (GLIDE baseline); text-diff restyling needs an unCLIP decoder; "

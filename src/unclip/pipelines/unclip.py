@@ -32,7 +32,6 @@ them in order); each model folder holds one self-describing ``model.safetensors`
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,10 +44,11 @@ from unclip.components import COMPONENT_FILE
 from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
 from unclip.pipelines.manifest import read_pipeline_json
+from unclip.pipelines.seeds import SEED_MAX, generators, make_seeds  # noqa: F401  (public here too)
 from unclip.pipelines.output import PipelineOutput
 from unclip.pipelines.decoder import Component, DecoderPipeline, batches, upsampler_stage
 from unclip.pipelines.diffusers_compat import diffusers_call
-from unclip.pipelines.images import check_finite, to_numpy, to_pil
+from unclip.pipelines.images import check_finite, format_images
 from unclip.pipelines.prior_adapter import PriorComponent, PriorPipeline, load_prior_component
 from unclip.pipelines.sampling import is_stochastic
 from unclip.pipelines.settings import GUIDED, default_settings, resolve_stages
@@ -57,32 +57,7 @@ __all__ = ["UnCLIPPipeline", "Component", "assemble_unclip", "make_seeds", "gene
            "IMAGE_EMBED_SOURCES"]
 
 DEFAULTS = default_settings()  # per stage, from unclip.pipelines.settings.STAGE_DEFAULTS
-SEED_MAX = 2**31 - 1
 IMAGE_EMBED_SOURCES = ("prior", "text", "none")
-
-
-def make_seeds(seed: int | Sequence[int] | torch.Generator | None, count: int) -> list[int]:
-    """Per-image seeds: int s → s, s+1, ...; a list is used as-is; a Generator or None draws them."""
-    if isinstance(seed, torch.Generator):
-        return [int(v) for v in torch.randint(0, SEED_MAX, (count,), generator=seed, device=seed.device)]
-    if seed is None:
-        return [secrets.randbelow(SEED_MAX) for _ in range(count)]
-    if isinstance(seed, (list, tuple)):
-        if len(seed) != count:
-            raise UnclipError(f"got {len(seed)} seeds for {count} images; pass one seed per image or a single int")
-        seeds = [int(s) for s in seed]
-    else:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise UnclipError(f"seed must be an integer, got {seed!r}")
-        seeds = [seed + i for i in range(count)]
-    if any(not 0 <= s <= SEED_MAX for s in seeds):
-        raise UnclipError(f"seeds must lie in [0, {SEED_MAX}]")
-    return seeds
-
-
-def generators(seeds: Sequence[int], device) -> list[torch.Generator]:
-    """One generator per image, seeded by its seed: every stage's starting noise is drawn from it in order."""
-    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
 
 
 class UnCLIPPipeline:
@@ -338,15 +313,7 @@ class UnCLIPPipeline:
         return PipelineOutput(images=self.format(check_finite(images, self.name), output_type), seeds=seeds,
                               prompts=labels, settings=info)
 
-    @staticmethod
-    def format(images: torch.Tensor, output_type: str):
-        if output_type == "pil":
-            return to_pil(images)
-        if output_type == "np":
-            return to_numpy(images)
-        if output_type in ("pt", "latent"):  # "latent": the decoder's samples (diffusers_compat)
-            return images.detach().cpu()
-        raise UnclipError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+    format = staticmethod(format_images)
 
     # --- manipulations (paper §3); implemented in unclip.pipelines.manipulate ----------
     @diffusers_call

@@ -32,7 +32,8 @@ from unclip.serve.backend import Backend, Result, Sampling, ServablePipeline
 from unclip.serve.config import ServeConfig
 from unclip.serve.images import b64, decode_upload
 from unclip.serve.jobs import Job, JobQueue, JobState, QueueFull
-from unclip.serve.schemas import SEED_MAX, SERVED_STAGE_SETTINGS, ErrorOut, GenerateIn, JobOut, ResultOut, SamplingIn
+from unclip.pipelines.seeds import SEED_MAX
+from unclip.serve.schemas import SERVED_STAGE_SETTINGS, ErrorOut, GenerateIn, JobOut, ResultOut, SamplingIn
 from unclip.pipelines.settings import FLAT
 
 STATIC_DIR = Path(__file__).parent / "static"

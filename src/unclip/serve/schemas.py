@@ -17,7 +17,6 @@ from unclip.diffusion.registry import sampler_names
 from unclip.limits import MAX_IMAGES
 from unclip.pipelines.settings import FLAT, flat_names, help_of, limits
 
-SEED_MAX = 2**31 - 1  # as unclip.pipelines.unclip.SEED_MAX; image i uses seed + i
 
 SeedField = StrictInt | Literal["random"] | None
 
