@@ -162,3 +162,37 @@ def test_missing_diffusers_extra_is_named(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "diffusers", None)
     with pytest.raises(UnclipError, match=r"pip install 'unclip\[diffusers\]'"):
         require_diffusers()
+
+
+def test_unclip_eval_scores_karlo(karlo, tmp_path):
+    from unclip.data.shapes import build_shapes
+
+    build_shapes(tmp_path / "shapes", image_size=32, count=200, seed=0)
+    out = tmp_path / "report"
+    settings = ["--set", "prior_steps=2", "--set", "decoder_steps=2", "--set", "upsampler_steps=2"]
+    assert main(["eval", "--model", str(karlo[0]), "--data", str(tmp_path / "shapes"), "--out", str(out),
+                 "--num-prompts", "3", "--images-per-prompt", "1", *settings]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["results"][0]
+    assert metrics["n_generated"] == 3 and "fid" in metrics
+
+
+def test_unclip_serve_returns_what_the_pipeline_gives(pipe):
+    pytest.importorskip("fastapi", reason="the 'serve' extra (fastapi) is not installed")
+    from fastapi.testclient import TestClient
+
+    from unclip.serve.app import create_app
+
+    request = {"prompt": "a red circle", "num_images": 1, "seed": 4, "prior_steps": 2, "decoder_steps": 2,
+               "upsampler_steps": 2}
+    with TestClient(create_app(pipe, model_ref="karlo")) as client:
+        assert client.get("/api/info").json()["stages"] == ["prior", "decoder", "upsampler"]
+        response = client.post("/api/generate", json=request)
+        assert response.status_code == 200, response.text
+        served = response.json()["result"]["images"][0]["png_base64"]
+    direct = pipe("a red circle", seed=4, prior_steps=2, decoder_steps=2, upsampler_steps=2, progress=False)
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(base64.b64decode(served))).tobytes() == direct.images[0].tobytes()
