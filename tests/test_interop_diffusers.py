@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from helpers.tiny_diffusers import DECODER_SIZE, SUPER_RES_SIZE, WIDTH, tiny_karlo  # noqa: E402
+from helpers.tiny_diffusers import DECODER_SIZE, SUPER_RES_SIZE, WIDTH, tiny_karlo, tiny_karlo_variation  # noqa: E402
 
 from unclip.cli import main  # noqa: E402
 from unclip.errors import UnclipError  # noqa: E402
@@ -88,6 +88,30 @@ def test_karlo_matches_diffusers_at_the_same_noise(karlo, pipe):
         assert diff < TOLERANCE, f"seed {seed}: max abs difference {diff:.2e} vs diffusers (float64 schedules)"
     diff = max_difference(pipe, reference, 3)
     assert diff < STOCK_TOLERANCE, f"seed 3: max abs difference {diff:.2e} vs stock diffusers"
+
+
+def test_karlo_image_variations_match_diffusers(karlo, pipe, tmp_path):
+    """A prior-free UnCLIPImageVariationPipeline folder: unclip's variations = diffusers' at the same z_i and noise."""
+    reference = tiny_karlo_variation(tmp_path / "variations", karlo[1])
+    variations = load_pipeline(tmp_path / "variations")
+    assert variations.stages == ("decoder", "upsampler")
+    image = torch.rand(3, DECODER_SIZE, DECODER_SIZE) * 2 - 1  # variations read images at the decoder's size
+    steps = {"decoder_steps": STEPS["decoder_steps"], "upsampler_steps": STEPS["upsampler_steps"]}
+    ours = variations.variations(image, num_images=1, seed=6, output_type="pt", progress=False, **steps).images
+    z = variations.encoder.encode_image(image[None])
+    g = torch.Generator().manual_seed(6)
+    latents = {"decoder_latents": torch.randn(1, 3, DECODER_SIZE, DECODER_SIZE, generator=g),
+               "super_res_latents": torch.randn(1, 3, SUPER_RES_SIZE, SUPER_RES_SIZE, generator=g)}
+    parts = dict(float64_schedules(karlo[1], pipe).components)
+    reference = type(reference)(**{k: parts.get(k, v) for k, v in reference.components.items()})
+    reference.set_progress_bar_config(disable=True)
+    ref = reference(image_embeddings=z, decoder_num_inference_steps=steps["decoder_steps"],
+                    super_res_num_inference_steps=steps["upsampler_steps"], generator=g, output_type="np",
+                    **latents).images
+    diff = (ours * 0.5 + 0.5 - torch.from_numpy(ref).permute(0, 3, 1, 2)).abs().max().item()
+    assert diff < TOLERANCE, f"max abs difference {diff:.2e} vs diffusers' image variations"
+    with pytest.raises(UnclipError, match="no prior"):
+        variations("a red circle", progress=False)
 
 
 def test_unclip_import_writes_a_pipeline_that_loads_by_path(karlo, pipe, tmp_path, capsys):

@@ -91,3 +91,18 @@ def tiny_karlo(directory: Path, seed: int = 0):
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
         directory / "feature_extractor")
     return pipe.set_progress_bar_config(disable=True) or pipe
+
+
+def tiny_karlo_variation(directory: Path, karlo):
+    """Karlo's ``UnCLIPImageVariationPipeline`` (no prior) from ``karlo``'s modules and a CLIP vision tower."""
+    from diffusers import UnCLIPImageVariationPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(1)
+    parts = {k: v for k, v in karlo.components.items() if not k.startswith("prior")}
+    pipe = UnCLIPImageVariationPipeline(
+        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**_clip_kwargs(), image_size=32, patch_size=8)),
+        feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        **parts)
+    pipe.save_pretrained(directory)
+    return pipe.set_progress_bar_config(disable=True) or pipe
