@@ -46,7 +46,7 @@ def require_diffusers():
 
 def diffusers_folder(path_or_name: Any) -> Path | None:
     """``path_or_name`` as a diffusers pipeline folder (it holds model_index.json but no pipeline.json), else None."""
-    if path_or_name is None:
+    if path_or_name is None or not str(path_or_name).strip():  # "" is not the current directory
         return None
     path = Path(str(path_or_name)).expanduser()
     if path.is_dir() and (path / INDEX_FILE).is_file() and not (path / "pipeline.json").is_file():

@@ -305,7 +305,7 @@ def _from_pretrained(cls, path: Path):
     try:
         with quiet_loading():
             return cls.from_pretrained(path, local_files_only=True, **kwargs)
-    except (OSError, EnvironmentError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load {path} ({first[:200]}); weights must be .safetensors") from None
 
