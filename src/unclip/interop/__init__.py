@@ -92,8 +92,6 @@ def load_diffusers(folder: str | Path, *, device="cpu", defaults: dict | None = 
 
 def import_diffusers(folder: str | Path, out: str | Path, *, name: str | None = None, overwrite: bool = False):
     """Write the unclip pipeline directory ``out`` for the diffusers folder ``folder``; returns the loaded pipeline."""
-    from unclip.pipelines import load_pipeline
-
     pipe = load_diffusers(folder, name=name or Path(out).name)
     pipe.save(out, overwrite=overwrite)
-    return load_pipeline(out)
+    return type(pipe).load(out)

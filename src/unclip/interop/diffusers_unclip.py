@@ -391,7 +391,7 @@ class DiffusersUnCLIPPipeline(UnCLIPPipeline):
 
     @classmethod
     def load(cls, directory: str | Path, *, device="cpu") -> "DiffusersUnCLIPPipeline":
-        from unclip.pipelines import read_pipeline_json
+        from unclip.pipelines.manifest import read_pipeline_json
 
         directory = Path(directory)
         info = read_pipeline_json(directory)
