@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"diffusion", "data"},
     {"models", "components"},
     {"encoders"},
-    {"pipelines"},
+    {"pipelines", "interop"},   # interop: diffusers-format models as pipelines (load_pipeline opens them)
     {"eval"},
     {"train"},
     {"serve"},

@@ -34,7 +34,7 @@ from unclip.errors import UnclipError  # noqa: E402
 
 # Order is the order shown in ``unclip --help``. A module that does not exist
 # yet is skipped, so the command always starts.
-COMMAND_MODULES = ("generate", "edits", "data", "train", "embed", "eval", "models", "serve")
+COMMAND_MODULES = ("generate", "edits", "data", "train", "embed", "eval", "models", "import_model", "serve")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

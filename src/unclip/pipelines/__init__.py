@@ -30,13 +30,20 @@ __all__ = ["PipelineOutput", "PIPELINE_KINDS", "load_pipeline", "read_pipeline_j
 PIPELINE_KINDS = {
     "unclip": "unclip.pipelines.unclip:UnCLIPPipeline",
     "clipvq": "unclip.pipelines.clip_vq:ClipVQPipeline",
+    "diffusers-unclip": "unclip.interop.diffusers_unclip:DiffusersUnCLIPPipeline",  # `unclip import` (issue 20)
 }
 
 
 def load_pipeline(path_or_name: str | Path | None = None, *, device: str | torch.device = "cpu"):
-    """Load a pipeline from a directory or a shipped model name (default ``"emoji"``)."""
-    directory = resolve_model(path_or_name)
+    """Load a pipeline from a directory or a shipped model name (default ``"emoji"``).
+
+    A diffusers pipeline folder (``model_index.json``) is run through ``unclip.interop``."""
     device = check_device(device)
+    from unclip.interop import diffusers_folder, load_diffusers
+
+    if diffusers_folder(path_or_name) is not None:
+        return load_diffusers(path_or_name, device=device)
+    directory = resolve_model(path_or_name)
     kind = read_pipeline_json(directory)["kind"]
     if kind not in PIPELINE_KINDS:
         raise CheckpointError(f"{directory / PIPELINE_FILE} has unknown kind {kind!r} "
