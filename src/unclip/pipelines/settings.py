@@ -175,3 +175,15 @@ def resolve_stages(stages: Iterable[str], defaults: Mapping[str, Mapping[str, An
             merged["precision"] = resolve_precision(merged["precision"], device)
         out[stage] = StageSampling(**merged, stage=stage)
     return out
+
+
+def check_stage_sampling(settings: Any, prefix: str) -> None:
+    """Check a training stage's sampling section (any dataclass with some of ``StageSampling``'s fields) by
+    ``StageSampling``'s own rules, so limits and choices have one home; raises ``ValueError`` (``from_dict``
+    turns it into a ConfigError naming the section, ``prefix``)."""
+    names = {f.name for f in dataclasses.fields(StageSampling)} - {"stage"}
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name in names}
+    try:
+        StageSampling(**values, stage=prefix)
+    except UnclipError as exc:
+        raise ValueError(str(exc)) from None

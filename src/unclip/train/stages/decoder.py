@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from unclip.components import AUTOENCODER_FILE, save_component
 from unclip.diffusion.gaussian import GaussianDiffusion
-from unclip.diffusion.schedule import SPACINGS, DiffusionConfig
+from unclip.diffusion.schedule import DiffusionConfig
 from unclip.errors import UnclipError
 from unclip.models.unet import UNet, UNetConfig, cfg_drop_masks
+from unclip.pipelines.settings import check_stage_sampling
 from unclip.train.config import TrainConfig
 from unclip.train.stage import ImageStage
 
@@ -69,8 +70,7 @@ class SampleSettings:
     def __post_init__(self):
         if self.recognisability_items < 0:
             raise ValueError("sample.recognisability_items must be >= 0")
-        if self.spacing not in SPACINGS:
-            raise ValueError(f"sample.spacing={self.spacing!r}: choose from {', '.join(SPACINGS)}")
+        check_stage_sampling(self, "sample")
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,12 @@ from torch.utils.data import Dataset
 
 from unclip.checkpoint import atomic_write_text
 from unclip.components import save_component
-from unclip.diffusion import GaussianDiffusion, sampler_names
+from unclip.diffusion import GaussianDiffusion
 from unclip.encoders.shards import EmbeddingRows
 from unclip.errors import UnclipError
 from unclip.models.ar_prior import ARPrior, ARPriorConfig
 from unclip.models.prior import DiffusionPrior, PriorConfig, replace_dims
+from unclip.pipelines.settings import check_stage_sampling
 from unclip.train.config import TrainConfig
 from unclip.train.stage import Stage
 
@@ -61,8 +62,7 @@ class PriorSample:
     eval_items: int = 256             # held-out captions scored at each evaluation
 
     def __post_init__(self):
-        if self.sampler not in sampler_names("gaussian"):
-            raise ValueError(f"sample.sampler={self.sampler!r}: choose from {', '.join(sampler_names('gaussian'))}")
+        check_stage_sampling(self, "sample")
 
 
 @dataclass(frozen=True)
