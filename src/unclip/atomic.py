@@ -17,7 +17,8 @@ from typing import Callable, Iterator, Mapping
 
 from unclip.errors import OutputError
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_files", "staged_dir", "replace_dir", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_files", "staged_dir", "replace_dir", "fsync_dir",
+           "write_dir"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -150,3 +151,23 @@ def staged_dir(directory: Path, *, last: tuple[str, ...] = ()) -> Iterator[Path]
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_dir(directory: str | Path, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Build a whole folder with ``write(tmp)`` in a hidden folder beside ``directory``, then put it in place
+    (``replace_dir``): a failure leaves nothing, and an existing ``directory`` untouched. Without
+    ``overwrite`` an existing, non-empty ``directory`` is a one-line ``UnclipError``."""
+    from unclip.errors import UnclipError
+
+    directory = Path(directory)
+    if directory.exists() and not overwrite and (not directory.is_dir() or any(directory.iterdir())):
+        raise UnclipError(f"{directory} already exists; choose a new directory or pass overwrite=True")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        write(tmp)
+        replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory

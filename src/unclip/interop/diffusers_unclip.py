@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unclip.checkpoint import atomic_write_text, replace_dir
+from unclip.atomic import write_dir
+from unclip.checkpoint import atomic_write_text
 from unclip.config import to_dict
 from unclip.diffusion.gaussian import GaussianDiffusion
 from unclip.diffusion.guidance import classifier_free_guidance
@@ -375,19 +375,11 @@ class DiffusersUnCLIPPipeline(UnCLIPPipeline):
                 "source": self.source_class, "defaults": self.defaults}
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
-        directory = Path(directory)
-        if directory.exists() and not overwrite:
-            raise UnclipError(f"{directory} already exists; choose a new directory or pass overwrite=True")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        def write(tmp: Path) -> None:
             _copy_diffusers(self.source, tmp / "diffusers")
             atomic_write_text(tmp / "pipeline.json", json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
-            replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+
+        return write_dir(directory, write, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | Path, *, device="cpu") -> "DiffusersUnCLIPPipeline":

@@ -25,8 +25,6 @@ those two in ``pipeline.json``; they still load.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from unclip.checkpoint import atomic_write_text, load_model, replace_dir
+from unclip.atomic import write_dir
+from unclip.checkpoint import atomic_write_text, load_model
 from unclip.components import COMPONENT_FILE, load_component, save_component
 from unclip.config import from_dict
 from unclip.diffusion import discrete
@@ -200,23 +199,15 @@ class ClipVQPipeline:
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write the pipeline directory (a temp dir renamed into place)."""
-        directory = Path(directory)
-        if directory.exists() and any(directory.iterdir()) and not overwrite:
-            raise UnclipError(f"{directory} already exists; choose a new directory or pass overwrite=True")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        def write(tmp: Path) -> None:
             if self.encoder is not None:
                 self.encoder.save(tmp / "encoder")
             save_component(tmp / "vq", self.vq, role="vq")
             save_component(tmp / "transformer", self.transformer, role="transformer", diffusion=self.diffusion,
                            sample_defaults=self.defaults)
             atomic_write_text(tmp / "pipeline.json", json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
-            replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+
+        return write_dir(directory, write, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> "ClipVQPipeline":

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from unclip.checkpoint import atomic_write_text, replace_dir
+from unclip.atomic import write_dir
+from unclip.checkpoint import atomic_write_text
 from unclip.components import COMPONENT_FILE
 from unclip.encoders.base import check_captions
 from unclip.errors import CheckpointError, UnclipError
@@ -355,12 +355,7 @@ class UnCLIPPipeline:
     # --- save / load ---------------------------------------------------------------
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write the pipeline directory atomically (a temp dir renamed into place)."""
-        directory = Path(directory)
-        if directory.exists() and not overwrite:
-            raise UnclipError(f"{directory} already exists; choose a new directory or pass overwrite=True")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        def write(tmp: Path) -> None:
             self.encoder.save(tmp / "encoder")
             self.decoder.save(tmp / "decoder")
             if self.prior is not None:
@@ -369,11 +364,8 @@ class UnCLIPPipeline:
             for i, upsampler in enumerate(self.upsamplers):
                 upsampler.save(tmp / upsampler_stage(i))
             atomic_write_text(tmp / "pipeline.json", json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
-            replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+
+        return write_dir(directory, write, overwrite=overwrite)
 
     def describe(self) -> dict[str, Any]:
         """``pipeline.json``: version 2 lists the cascade's upsampler folders in ``"upsamplers"``."""
