@@ -94,13 +94,14 @@ def test_emoji_is_the_default_and_every_shipped_model_generates(tmp_path, capsys
     from unclip.pipelines.registry import default_model, shipped_models
 
     assert default_model() == "emoji" and {"emoji", "shapes"} <= set(shipped_models())
-    for name, prompt in (("emoji", "a Noto-style emoji of red apple"), ("shapes", "a large red circle in the center")):
+    for name, prompt, size in (("emoji", "a Noto-style emoji of red apple", 64),
+                               ("shapes", "a large red circle in the center", 32)):
         out = tmp_path / f"{name}.png"
         code, stdout, _ = _run(["generate", prompt, "--model", name, "-n", "2", "--seed", "0", "--quiet", "--zoom", "2",
                                 "--prior-steps", "2", "--decoder-steps", "2", "--out", str(out)], capsys)
         assert code == 0, stdout
-        with Image.open(out) as grid:  # two 32 px images, enlarged twice, in one row
-            assert grid.size == (2 * 64 + 3 * 2, 64 + 2 * 2)
+        with Image.open(out) as grid:  # two images (emoji: 64 px latent decoder; shapes: 32 px), enlarged twice
+            assert grid.size == (2 * 2 * size + 3 * 2, 2 * size + 2 * 2)
     code, _, err = _run(["generate", "a large red circle", "--model", "shapes", "--base-only", "--quiet"], capsys)
     assert code == 2 and "no upsampler" in err
 
