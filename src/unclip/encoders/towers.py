@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unclip.models.prior_common import TransformerBlock
+
 __all__ = ["VisionConfig", "TextConfig", "VisionTower", "TextTower", "Block"]
 
 
@@ -56,19 +58,13 @@ class TextConfig:
             raise ValueError("max_len must be >= 3 (BOS, a token, EOS)")
 
 
-class Block(nn.Module):
-    """Pre-LN Transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+class Block(TransformerBlock):
+    """The priors' pre-LN Transformer block (``models.prior_common``) with dropout after its MLP and a
+    padding-mask attention: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width), nn.Dropout(dropout))
-        self.dropout = dropout
+        super().__init__(width, heads, mlp_ratio, dropout)
+        self.mlp.append(nn.Dropout(dropout))   # no parameters: the weight names are unchanged
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
