@@ -133,7 +133,7 @@ class ARPrior(nn.Module):
     def forward(self, codes: torch.Tensor, *, text_embed: torch.Tensor, text_tokens: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, drop_text: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, n+1, NB] for codes 0..n given the first n codes [B, n] (n < K) and the text prefix."""
-        B, L, W = codes.shape[0], self.config.max_text_len, self.config.width
+        B, L = codes.shape[0], self.config.max_text_len
         like = self.null_text                                                                      # device / dtype
         drop = torch.zeros(B, dtype=torch.bool, device=codes.device) if drop_text is None else drop_text.bool()
         text = torch.where(drop[:, None], self.null_text, self.text_proj(self.normalize_text(text_embed.float())))

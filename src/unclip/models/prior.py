@@ -154,7 +154,7 @@ class DiffusionPrior(nn.Module):
         classifier-free guidance concatenates it like any other condition), and ``prefix_valid`` (B, L+1),
         the prefix positions a later position may attend to.
         """
-        B, W = text_embed.shape[0], self.config.width
+        B = text_embed.shape[0]
         drop = torch.zeros(B, dtype=torch.bool, device=text_embed.device) if drop_text is None else drop_text.bool()
         dtype = self.text_proj.weight.dtype
         text = torch.where(drop[:, None], self.null_text.to(dtype), self.text_proj(text_embed.to(dtype)))  # (B, W)
