@@ -109,6 +109,14 @@ def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, q
     inpaint (RePaint / fixed VQ tokens): each one job."""
     decoding = asyncio.Semaphore(DECODERS)
 
+    async def image_job_inputs(image: UploadFile, num_images: int, sampling_in: SamplingIn):
+        """The checks every upload endpoint makes, in order (cheap ones before reading the upload): the image
+        count, the sampling settings, room in the queue; then the decoded image."""
+        _check_count(config.max_images, num_images, "num_images")
+        sampling = _sampling(config, sampling_in, backend.stages)
+        _refuse_if_full(queue)
+        return sampling, await _read_image(config, image, "image", decoding)
+
     @app.post("/api/generate", summary="Text to images", responses=ERRORS, response_model=JobOut)
     async def generate(body: GenerateIn, wait: bool = Query(True, description=WAIT_HELP)):
         prompt, negative = _check_text(config, body.prompt, "prompt"), body.negative_prompt.strip()
@@ -125,10 +133,7 @@ def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, q
                          num_images: int = Form(4, ge=1, le=MAX_IMAGES),
                          sampling_in: SamplingIn = Depends(_sampling_form),
                          wait: bool = Query(True, description=WAIT_HELP)):
-        _check_count(config.max_images, num_images, "num_images")
-        sampling = _sampling(config, sampling_in, backend.stages)
-        _refuse_if_full(queue)
-        picture = await _read_image(config, image, "image", decoding)
+        sampling, picture = await image_job_inputs(image, num_images, sampling_in)
         name = _file_name(image, "image.png")
         job = _submit(queue, "variations",
                       lambda report: backend.variations(picture, num_images, sampling, report, image_name=name))
@@ -176,10 +181,7 @@ def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, q
                       num_images: int = Form(1, ge=1, le=MAX_IMAGES), sampling_in: SamplingIn = Depends(_sampling_form),
                       wait: bool = Query(True, description=WAIT_HELP)):
         caption = _check_text(config, prompt, "prompt") if prompt.strip() else None
-        _check_count(config.max_images, num_images, "num_images")
-        sampling = _sampling(config, sampling_in, backend.stages)
-        _refuse_if_full(queue)
-        picture = await _read_image(config, image, "image", decoding)
+        sampling, picture = await image_job_inputs(image, num_images, sampling_in)
         name = _file_name(image, "image.png")
         job = _submit(queue, "img2img", lambda report: backend.img2img(picture, caption, strength, num_images, sampling,
                                                                       report, image_name=name))
@@ -197,10 +199,7 @@ def _add_operation_routes(app: FastAPI, backend: Backend, config: ServeConfig, q
                       sampling_in: SamplingIn = Depends(_sampling_form),
                       wait: bool = Query(True, description=WAIT_HELP)):
         caption = _check_text(config, prompt, "prompt") if prompt.strip() else None
-        _check_count(config.max_images, num_images, "num_images")
-        sampling = _sampling(config, sampling_in, backend.stages)
-        _refuse_if_full(queue)
-        picture = await _read_image(config, image, "image", decoding)
+        sampling, picture = await image_job_inputs(image, num_images, sampling_in)
         painted = await _read_image(config, mask, "mask", decoding)
         if painted.size != picture.size:
             raise ApiError(422, f"mask: {painted.size[0]}x{painted.size[1]} pixels, but the image is "
