@@ -17,6 +17,7 @@ calls are attributed to it, for parameter counts and FLOPs per stage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -39,6 +40,23 @@ class Built:
     run: Callable
     stages: dict  # name -> nn.Module or list of nn.Module
     notes: dict = field(default_factory=dict)
+
+
+def precision(spec: dict) -> str:
+    """The workload's precision: ``"bf16"`` (``--spec '{"precision": "bf16"}'``, the ``-bf16`` systems) or ``"fp32"``."""
+    value = spec.get("precision", "fp32")
+    if value not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not {value!r}")
+    return value
+
+
+def autocast(spec: dict):
+    """The context every runner computes its forward passes (and losses) in: bf16 autocast on the CPU for a bf16
+    spec, as ``train.mixed_precision=bf16`` does and as a peer's user would write it; nothing for fp32. The
+    backward pass and the optimiser step stay outside it, as torch's AMP recipe says."""
+    if precision(spec) == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def stage_modules(stages: dict) -> dict:

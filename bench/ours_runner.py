@@ -21,7 +21,6 @@ Without it, sampling passes ``precision="fp32"``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -52,12 +51,6 @@ def versions() -> dict:
     from importlib.metadata import version
 
     return {"torch": torch.__version__, "unclip": version("unclip")}
-
-
-def precision(spec: dict):
-    if spec.get("precision", "fp32") == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def make_prior(spec: dict) -> DiffusionPrior:
@@ -122,10 +115,10 @@ def build_sample(spec: dict) -> harness.Built:
         return pipe(prompts, seed=0, progress=False, output_type="pt", sampler="ddim",
                     prior_steps=prior_steps, decoder_steps=decoder_steps, upsampler_steps=sr_steps,
                     prior_guidance=spec["prior_guidance"], decoder_guidance=spec["decoder_guidance"],
-                    precision=spec.get("precision", "fp32")).images
+                    precision=harness.precision(spec)).images
 
     return harness.Built(run, {"prior": prior, "decoder": decoder, "upsampler": upsampler},
-                         notes={"sampler": "DDIM eta=0, CFG batched", "precision": spec.get("precision", "fp32")})
+                         notes={"sampler": "DDIM eta=0, CFG batched", "precision": harness.precision(spec)})
 
 
 def build_prior_train(spec: dict) -> harness.Built:
@@ -140,14 +133,14 @@ def build_prior_train(spec: dict) -> harness.Built:
     def run() -> None:  # the prior stage's loss (unclip.train.stages.prior), one AdamW step
         kwargs = {"text_embed": text_embed, "text_tokens": text_tokens, "text_mask": text_mask,
                   "drop_text": torch.rand(batch) < 0.1}
-        with precision(spec):
+        with harness.autocast(spec):
             loss = diffusion.training_losses(prior, image_embed, diffusion.sample_timesteps(batch),
                                              model_kwargs=kwargs)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.float().backward()
         optimizer.step()
 
-    return harness.Built(run, {"prior": prior}, notes={"precision": spec.get("precision", "fp32")})
+    return harness.Built(run, {"prior": prior}, notes={"precision": harness.precision(spec)})
 
 
 def build_decoder_train(spec: dict) -> harness.Built:
@@ -163,7 +156,7 @@ def build_decoder_train(spec: dict) -> harness.Built:
         drop_image, drop_text = cfg_drop_masks(batch, 0.1, 0.5)
         kwargs = {"image_embed": image_embed, "text_tokens": text_tokens, "text_mask": text_mask,
                   "drop_image": drop_image, "drop_text": drop_text}
-        with precision(spec):
+        with harness.autocast(spec):
             loss = diffusion.training_losses(decoder, images, diffusion.sample_timesteps(batch),
                                              model_kwargs=kwargs)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
@@ -171,7 +164,7 @@ def build_decoder_train(spec: dict) -> harness.Built:
         optimizer.step()
 
     return harness.Built(run, {"decoder": decoder},
-                         notes={"loss": "hybrid (mse + learned-variance VB)", "precision": spec.get("precision", "fp32")})
+                         notes={"loss": "hybrid (mse + learned-variance VB)", "precision": harness.precision(spec)})
 
 
 BUILDERS = {"sample": build_sample, "prior_train": build_prior_train, "decoder_train": build_decoder_train}

@@ -147,15 +147,26 @@ def console(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _precision(system: str) -> str:
+def precision_of(system: str) -> str:
+    """A benchmark system's precision, from its name (``unclip-bf16``, ``diffusers-bf16``: bf16)."""
     return "bf16" if system.endswith("-bf16") else "fp32"
+
+
+PEER_LIBRARIES = ("diffusers", "dalle2")
+
+
+def like_peer(summary: dict, workload: str, ours: str, library: str) -> str:
+    """The system of ``library`` to compare ``ours`` with: the same precision where that peer ran in this
+    summary (``diffusers-bf16`` for ``unclip-bf16``), else the library's fp32 row (flagged by ``_unlike``)."""
+    same = library if precision_of(ours) == "fp32" else f"{library}-{precision_of(ours)}"
+    return same if f"{workload}|{ours}|{same}" in summary["ratios"] else library
 
 
 def _unlike(summary: dict, ours: str, peer: str) -> str:
     """A warning where a ratio compares two precisions (our bf16 with a peer's fp32)."""
-    if _precision(ours) == _precision(peer):
+    if precision_of(ours) == precision_of(peer):
         return ""
-    return f" (ours {_precision(ours)}, {peer} {_precision(peer)}: not like for like)"
+    return f" (ours {precision_of(ours)}, {peer} {precision_of(peer)}: not like for like)"
 
 
 def _targets(summary: dict) -> list[str]:
@@ -166,7 +177,7 @@ def _targets(summary: dict) -> list[str]:
 
     for workload in (w for w in summary["workloads"] if _base(w) in ("sample32", "sample64")):
         for ours in ("unclip", "unclip-bf16"):
-            for peer in ("diffusers", "dalle2"):
+            for peer in (like_peer(summary, workload, ours, lib) for lib in PEER_LIBRARIES):
                 value = _ratio(summary, workload, ours, peer)
                 if value is not None:
                     lines.append(f"| end-to-end {workload}: {ours} ≥ 2× faster than {peer}{_unlike(summary, ours, peer)} "
@@ -176,11 +187,12 @@ def _targets(summary: dict) -> list[str]:
     trains = [w for w in summary["workloads"] if _base(w) == "decoder_train"]
     for workload in trains:
         for ours in ("unclip", "unclip-bf16"):
-            value = _ratio(summary, workload, ours, "dalle2")
+            peer = like_peer(summary, workload, ours, "dalle2")
+            value = _ratio(summary, workload, ours, peer)
             if value is not None:
-                lines.append(f"| {workload} step: {ours} ≥ 1.5× faster than dalle2{_unlike(summary, ours, 'dalle2')} "
+                lines.append(f"| {workload} step: {ours} ≥ 1.5× faster than {peer}{_unlike(summary, ours, peer)} "
                              f"| {value:.2f}×"
-                             f"{_cpu_ratio(summary, workload, ours, 'dalle2')} | "
+                             f"{_cpu_ratio(summary, workload, ours, peer)} | "
                              f"{verdict(value, TARGETS['decoder_train_vs_dalle2'])} |")
     for workload, ours in ((w, o) for w in trains for o in ("unclip-bf16", "unclip")):
         row = _row(summary, workload, ours)
@@ -227,17 +239,19 @@ def _cpu_util(row: dict) -> str:
 
 
 def _ratio_table(summary: dict) -> list[str]:
-    peers = [p for p in ("diffusers", "dalle2") if p in summary["systems"]]
-    lines = ["| workload | ours | " + " | ".join(f"speed-up vs {p} (per rep)" for p in peers) + " |",
-             "|---|---|" + "---|" * len(peers)]
+    """Each of our rows against each peer library at the same precision where the peer ran in it."""
+    libraries = [lib for lib in PEER_LIBRARIES if any(s.split("-")[0] == lib for s in summary["systems"])]
+    lines = ["| workload | ours | " + " | ".join(f"speed-up vs {lib} (per rep)" for lib in libraries) + " |",
+             "|---|---|" + "---|" * len(libraries)]
     for workload in summary["workloads"]:
         for ours in (s for s in summary["systems"] if s.startswith("unclip")):
             cells = []
-            for peer in peers:
+            for peer in (like_peer(summary, workload, ours, lib) for lib in libraries):
                 value = summary["ratios"].get(f"{workload}|{ours}|{peer}")
                 cpu = f"; CPU time {value['cpu_median']:.2f}×" if value and "cpu_median" in value else ""
                 cells.append("–" if value is None else
-                             f"**{value['median']:.2f}×** ({', '.join(f'{v:.2f}' for v in value['all'])}{cpu})")
+                             f"**{value['median']:.2f}×** ({', '.join(f'{v:.2f}' for v in value['all'])}{cpu}) "
+                             f"vs `{peer}`{_unlike(summary, ours, peer)}")
             lines.append(f"| {workload} | {ours} | " + " | ".join(cells) + " |")
     return lines
 
@@ -348,8 +362,9 @@ def markdown(summary: dict, analysis: Path | None = None) -> str:
         "",
         "## Speed-up of unclip (median of the per-repetition ratios; > 1 means unclip is faster)",
         "",
-        "Rows `unclip-bf16` compare our bf16 with the peers' fp32 (the peers have not been run in bf16): only",
-        "the `unclip` rows are like for like.",
+        "Each cell names the peer row it divides by: `unclip` against the peers in fp32, `unclip-bf16` against",
+        "the peers under the same bf16 autocast (`diffusers-bf16`, `dalle2-bf16`) where they ran; a cell that",
+        "compares two precisions says so.",
         "",
         *_ratio_table(summary),
         "",

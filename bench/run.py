@@ -44,10 +44,13 @@ SYSTEMS = {
     "unclip-bf16": (OURS_PYTHON, HERE / "ours_runner.py", {"precision": "bf16"}),
     "diffusers": (PEERS_PYTHON, HERE / "peers" / "diffusers_runner.py", {}),
     "dalle2": (PEERS_PYTHON, HERE / "peers" / "dalle2_runner.py", {}),
+    # the peers under the same bf16 autocast as ours (bench/harness.py ``autocast``): like for like
+    "diffusers-bf16": (PEERS_PYTHON, HERE / "peers" / "diffusers_runner.py", {"precision": "bf16"}),
+    "dalle2-bf16": (PEERS_PYTHON, HERE / "peers" / "dalle2_runner.py", {"precision": "bf16"}),
 }
 OURS = ("unclip", "unclip-bf16")
-BF16_SYSTEMS = ("unclip-bf16",)
-PEERS = ("diffusers", "dalle2")
+BF16_SYSTEMS = ("unclip-bf16", "diffusers-bf16", "dalle2-bf16")
+PEERS = ("diffusers", "dalle2", "diffusers-bf16", "dalle2-bf16")
 COMMON = dict(embed_dim=256, text_len=77, text_dim=256, timesteps=1000, images=4, batch=16, seed=0,
               prior_guidance=4.0, decoder_guidance=8.0)
 WORKLOADS = {
@@ -292,6 +295,8 @@ def summarise(runs: list[dict], args, peak: dict) -> dict:
     for workload in args.workloads:
         for ours in (s for s in args.system_list if s in OURS):
             for peer in (s for s in args.system_list if s in PEERS):
+                if report.precision_of(peer) == "bf16" and report.precision_of(ours) != "bf16":
+                    continue  # our fp32 is compared with the peers' fp32 only
                 paired, paired_cpu = [], []
                 for rep in range(args.reps):
                     o = [r for r in runs if (r["workload"], r["system"], r["rep"]) == (workload, ours, rep)]

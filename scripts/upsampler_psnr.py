@@ -1,6 +1,11 @@
 """PSNR of an upsampler against the real high-res renders, beside bicubic, with and without low-res anchoring.
 
     python scripts/upsampler_psnr.py runs/upsampler-emoji64to256 --data data/emoji256-all --count 32 --steps 7
+    python scripts/upsampler_psnr.py runs/upsampler-emoji64to256 --data data/emoji256-all --split train \
+        --count 100 --recognisability
+
+``--recognisability`` also scores each output with the recognisability metric of ``unclip eval`` (the
+upsampler's own share of the cascade's loss: real low-res inputs, so the base decoder plays no part).
 
 Downsamples ``--count`` test renders to the upsampler's input size, upsamples them back (DDIM on the
 component's grid) and prints the mean PSNR to the originals: plain, with ``anchor_to_low_res``, and for
@@ -31,6 +36,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=32)
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--spacing", default="quadratic")
+    parser.add_argument("--recognisability", action="store_true",
+                        help="also print the recognised share of each output against the real render")
     parser.add_argument("--grid", default=None, help="also write a PNG: plain, anchored and real rows (4 images)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -51,9 +58,22 @@ def main() -> None:
         from unclip.pipelines.images import image_grid, save_png, to_pil
 
         save_png(image_grid(to_pil(out[:4]) + to_pil(anchored[:4]) + to_pil(images[:4]), columns=4), args.grid)
-    print(json.dumps({"n": len(images), "steps": args.steps, "psnr": float(psnr(out, images).mean()),
-                      "psnr_anchored": float(psnr(anchored, images).mean()),
-                      "psnr_bicubic": float(psnr(bicubic, images).mean())}, indent=2))
+    result = {"n": len(images), "steps": args.steps, "psnr": float(psnr(out, images).mean()),
+              "psnr_anchored": float(psnr(anchored, images).mean()),
+              "psnr_bicubic": float(psnr(bicubic, images).mean())}
+    if args.recognisability:
+        result.update(recognisability(images, {"plain": out, "anchored": anchored, "bicubic": bicubic, "real": images}))
+    print(json.dumps(result, indent=2))
+
+
+def recognisability(references: torch.Tensor, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Recognised share of each output [N,3,H,W] against the real renders (row i: image i's own render)."""
+    from unclip.eval.recognisability import load_recogniser, recognised
+
+    recogniser = load_recogniser()
+    reference_top1 = recogniser.top_k(references.float(), 1)[:, 0]
+    return {f"recognised_{name}": float(recognised(reference_top1, recogniser.top_k(out.float().clamp(-1, 1), 5))
+                                        .float().mean()) for name, out in outputs.items()}
 
 
 if __name__ == "__main__":

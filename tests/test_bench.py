@@ -179,3 +179,45 @@ def test_ratios_pair_repetitions(bench_run):
     text = report.markdown(summary)
     assert "| sample32 | unclip | **2.50×** (2.00, 3.00, 2.50; CPU time 2.50×)" in text
     assert "skipped: bf16 is not native" in text and "CPU flags:" in text
+
+
+def test_peer_bf16_rows_run_their_forward_passes_in_bf16():
+    """diffusers-bf16 is the same work as diffusers, its networks under bf16 autocast (planted bug: a runner that
+    ignores the spec's precision leaves the decoder's output fp32 and fails here)."""
+    import torch
+
+    _needs_diffusers()
+    runner = _load("bench_diffusers_runner", RUNNERS["diffusers"])
+    harness = sys.modules["harness"]
+    for precision, expected in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        spec = _spec("decoder_train", precision=precision)
+        built = runner.BUILDERS["decoder_train"](spec)
+        dtypes = []
+        handle = built.stages["decoder"][0].register_forward_hook(lambda m, i, out: dtypes.append(out.sample.dtype))
+        built.run()
+        handle.remove()
+        assert dtypes == [expected] and built.notes["precision"] == precision
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        harness.precision({"precision": "fp16"})
+
+
+def test_report_pairs_bf16_with_the_peers_bf16(bench_run):
+    table = {("sample32", "unclip", 0): 2.0, ("sample32", "diffusers", 0): 4.0,
+             ("sample32", "unclip-bf16", 0): 1.0, ("sample32", "diffusers-bf16", 0): 3.0}
+    args = SimpleNamespace(workloads=["sample32"], system_list=["unclip", "unclip-bf16", "diffusers", "diffusers-bf16"],
+                           reps=1, quick=True, threads=2, peak_size=64, skipped={})
+    summary = bench_run.summarise(_runs(table), args, {"fp32": 1e10, "fp32_cpu": 1e10})
+    assert summary["ratios"]["sample32|unclip-bf16|diffusers-bf16"]["median"] == 3.0
+    assert summary["ratios"]["sample32|unclip|diffusers"]["median"] == 2.0
+    assert "sample32|unclip|diffusers-bf16" not in summary["ratios"]   # fp32 is never divided by a bf16 row
+    summary.update(command="python bench/run.py --quick", stamp="test", peaks=[{"fp32": 1e10}],
+                   peak={"fp32": 1e10, "fp32_cpu": 1e10}, results_dir="bench/results/test")
+    import report
+
+    text = report.markdown(summary)
+    assert "| sample32 | unclip-bf16 | **3.00×** (3.00; CPU time 3.00×) vs `diffusers-bf16` |" in text
+    assert "| sample32 | unclip | **2.00×** (2.00; CPU time 2.00×) vs `diffusers` |" in text
+    assert "not like for like" not in text
+    # without the peer's bf16 row, our bf16 row is divided by its fp32 row and says so
+    del summary["ratios"]["sample32|unclip-bf16|diffusers-bf16"]
+    assert "vs `diffusers` (ours bf16, diffusers fp32: not like for like)" in report.markdown(summary)

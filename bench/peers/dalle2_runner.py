@@ -76,11 +76,13 @@ def build_sample(spec: dict) -> harness.Built:
             (spec["images"], spec["embed_dim"]), text_cond=text_cond,
             cond_scale=spec["prior_guidance"], timesteps=prior_steps)
         decoder.sample_timesteps = (decoder_steps, sr_steps)
-        return decoder.sample(image_embed=image_embed, text_encodings=text_encodings, cond_scale=scales)
+        with harness.autocast(spec):
+            return decoder.sample(image_embed=image_embed, text_encodings=text_encodings, cond_scale=scales).float()
 
     # Decoder rebuilds each Unet (cast_model_parameters): measure the ones it holds
     return harness.Built(run, {"prior": prior.net, "decoder": decoder.unets[0], "upsampler": decoder.unets[1]},
-                         notes={"sampler": "DDIM (library default below 1000 steps), CFG as two forwards"})
+                         notes={"sampler": "DDIM (library default below 1000 steps), CFG as two forwards",
+                                "precision": harness.precision(spec)})
 
 
 def build_prior_train(spec: dict) -> harness.Built:
@@ -91,12 +93,13 @@ def build_prior_train(spec: dict) -> harness.Built:
     image_embed = torch.randn(batch, spec["embed_dim"])
 
     def run() -> None:
-        loss = prior(text_embed=text_embed, image_embed=image_embed.clone(), text_encodings=text_encodings)
+        with harness.autocast(spec):
+            loss = prior(text_embed=text_embed, image_embed=image_embed.clone(), text_encodings=text_encodings)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    return harness.Built(run, {"prior": prior.net})
+    return harness.Built(run, {"prior": prior.net}, notes={"precision": harness.precision(spec)})
 
 
 def build_decoder_train(spec: dict) -> harness.Built:
@@ -110,12 +113,14 @@ def build_decoder_train(spec: dict) -> harness.Built:
     images = torch.rand(batch, 3, spec["image_size"], spec["image_size"])  # [0, 1]: auto-normalised
 
     def run() -> None:
-        loss = decoder(images, image_embed=image_embed, text_encodings=text_encodings, unet_number=1)
+        with harness.autocast(spec):
+            loss = decoder(images, image_embed=image_embed, text_encodings=text_encodings, unet_number=1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    return harness.Built(run, {"decoder": unet}, notes={"loss": "l2 + learned-variance VB term"})
+    return harness.Built(run, {"decoder": unet}, notes={"loss": "l2 + learned-variance VB term",
+                                                          "precision": harness.precision(spec)})
 
 
 BUILDERS = {"sample": build_sample, "prior_train": build_prior_train, "decoder_train": build_decoder_train}

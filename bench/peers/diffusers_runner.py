@@ -149,16 +149,18 @@ def build_sample(spec: dict) -> harness.Built:
     generator = torch.Generator().manual_seed(0)
 
     def run(prior_steps: int, decoder_steps: int, sr_steps: int):
-        return pipe(
-            text_model_output=text_output, text_attention_mask=text_mask, num_images_per_prompt=1,
-            prior_num_inference_steps=prior_steps, decoder_num_inference_steps=decoder_steps,
-            super_res_num_inference_steps=sr_steps, prior_guidance_scale=spec["prior_guidance"],
-            decoder_guidance_scale=spec["decoder_guidance"], generator=generator, output_type="pt",
-        ).images
+        with harness.autocast(spec):  # bf16: autocast around the whole call, as on our side
+            return pipe(
+                text_model_output=text_output, text_attention_mask=text_mask, num_images_per_prompt=1,
+                prior_num_inference_steps=prior_steps, decoder_num_inference_steps=decoder_steps,
+                super_res_num_inference_steps=sr_steps, prior_guidance_scale=spec["prior_guidance"],
+                decoder_guidance_scale=spec["decoder_guidance"], generator=generator, output_type="pt",
+            ).images
 
     stages = {"prior": prior, "decoder": [decoder, text_proj], "upsampler": [sr_first, sr_last]}
     return harness.Built(run, stages, notes={
         "sampler": "UnCLIPScheduler, CFG batched", "upsampler_params": "first+last UNets counted together",
+        "precision": harness.precision(spec),
         "text_encoder_params": sum(p.numel() for p in text_encoder.parameters())})
 
 
@@ -175,13 +177,16 @@ def build_prior_train(spec: dict) -> harness.Built:
         noise = torch.randn_like(image_embed)
         t = torch.randint(0, spec["timesteps"], (batch,))
         noisy = scheduler.add_noise(image_embed, noise, t)
-        pred = prior(noisy, timestep=t, proj_embedding=text_embed, encoder_hidden_states=text_tokens).predicted_image_embedding
-        loss = F.mse_loss(pred, image_embed)  # the unCLIP prior predicts the clean embedding
+        with harness.autocast(spec):
+            pred = prior(noisy, timestep=t, proj_embedding=text_embed,
+                         encoder_hidden_states=text_tokens).predicted_image_embedding
+            loss = F.mse_loss(pred, image_embed)  # the unCLIP prior predicts the clean embedding
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    return harness.Built(run, {"prior": prior}, notes={"loop": "diffusers has no trainer: standard loop"})
+    return harness.Built(run, {"prior": prior}, notes={"loop": "diffusers has no trainer: standard loop",
+                                                       "precision": harness.precision(spec)})
 
 
 def build_decoder_train(spec: dict) -> harness.Built:
@@ -200,16 +205,18 @@ def build_decoder_train(spec: dict) -> harness.Built:
     def run() -> None:
         noise = torch.randn_like(images)
         t = torch.randint(0, spec["timesteps"], (batch,))
-        hidden, time_add = text_proj(image_embeddings=image_embed, prompt_embeds=text_embed,
-                                     text_encoder_hidden_states=text_tokens, do_classifier_free_guidance=False)
-        out = decoder(scheduler.add_noise(images, noise, t), t, encoder_hidden_states=hidden,
-                      class_labels=time_add, attention_mask=mask).sample
-        loss = F.mse_loss(out[:, :3], noise)  # epsilon loss (the variance half is left untrained)
+        with harness.autocast(spec):
+            hidden, time_add = text_proj(image_embeddings=image_embed, prompt_embeds=text_embed,
+                                         text_encoder_hidden_states=text_tokens, do_classifier_free_guidance=False)
+            out = decoder(scheduler.add_noise(images, noise, t), t, encoder_hidden_states=hidden,
+                          class_labels=time_add, attention_mask=mask).sample
+            loss = F.mse_loss(out[:, :3].float(), noise)  # epsilon loss (the variance half is left untrained)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    return harness.Built(run, {"decoder": [decoder, text_proj]}, notes={"loop": "diffusers has no trainer: standard loop"})
+    return harness.Built(run, {"decoder": [decoder, text_proj]},
+                         notes={"loop": "diffusers has no trainer: standard loop", "precision": harness.precision(spec)})
 
 
 BUILDERS = {"sample": build_sample, "prior_train": build_prior_train, "decoder_train": build_decoder_train}
