@@ -16,7 +16,7 @@ from unclip.diffusion import (
     threshold_x0,
 )
 from unclip.diffusion.gaussian import discretized_gaussian_log_likelihood
-from unclip.errors import ConfigError
+from unclip.errors import ConfigError, UnclipError
 
 
 def test_linear_schedule_matches_ho_2020():
@@ -39,6 +39,10 @@ def test_cosine_schedule_matches_eq_17():
 def test_sampling_timesteps_spacings():
     assert sampling_timesteps(100, 10, "trailing") == [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]
     assert sampling_timesteps(100, 10, "leading") == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
+    # diffusers' DDPMScheduler(timestep_spacing="leading", steps_offset=1).set_timesteps(10) on T = 100
+    assert sampling_timesteps(100, 10, "leading_offset") == [91, 81, 71, 61, 51, 41, 31, 21, 11, 1]
+    with pytest.raises(UnclipError, match="fewer sampling steps"):
+        sampling_timesteps(100, 100, "leading_offset")
     # improved-diffusion space_timesteps(100, [10]): round(i * 99 / 9)
     assert sampling_timesteps(100, 10, "linspace") == [round(i * 99 / 9) for i in range(9, -1, -1)]
     assert sampling_timesteps(7, None) == list(range(6, -1, -1))

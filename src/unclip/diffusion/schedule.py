@@ -30,7 +30,7 @@ __all__ = [
     "SPACINGS",
 ]
 
-SPACINGS = ("trailing", "linspace", "leading", "quadratic")
+SPACINGS = ("trailing", "linspace", "leading", "quadratic", "leading_offset")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,9 @@ def sampling_timesteps(num_train_timesteps: int, steps: int | None, spacing: str
     sample steps are flawed", Table 2) starts at T-1: round(arange(T, 0, -T/steps)) - 1.
     ``linspace`` is improved-diffusion's ``space_timesteps`` with one section:
     round(linspace(0, T-1, steps)). ``leading`` is arange(steps) * (T // steps).
+    ``leading_offset`` is ``leading`` + 1, diffusers' ``timestep_spacing="leading"`` with ``steps_offset=1``
+    (``DDPMScheduler.set_timesteps``, as Stable Diffusion and Kandinsky 2.2 ship it): it starts at
+    (steps-1)·(T // steps) + 1 and ends at t = 1, so it needs steps < T.
     ``quadratic`` is DDIM's quadratic selection (Song et al. 2021, Appendix D.2: tau_i ∝ i²),
     here counted from the end so it starts at T-1 like ``trailing``: round((T-1) (1 - i/steps)²)
     for i < steps. It spends more steps at low noise and ends near t = 0 (8 steps: 999, 765, ...,
@@ -116,6 +119,13 @@ def sampling_timesteps(num_train_timesteps: int, steps: int | None, spacing: str
         ts = np.linspace(0, total - 1, steps).round()[::-1].astype(np.int64)
     elif spacing == "leading":
         ts = (np.arange(steps) * (total // steps))[::-1].astype(np.int64)
+    elif spacing == "leading_offset":
+        if steps == total:
+            from unclip.errors import UnclipError
+
+            raise UnclipError(f"spacing 'leading_offset' needs fewer sampling steps than the {total} training "
+                              "timesteps (its first would be T)")
+        ts = (np.arange(steps) * (total // steps))[::-1].astype(np.int64) + 1
     elif spacing == "quadratic":
         ts = np.round((total - 1) * (1 - np.arange(steps) / steps) ** 2).astype(np.int64)
         for i in range(steps - 2, -1, -1):  # keep strictly descending where rounding collides

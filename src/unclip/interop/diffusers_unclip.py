@@ -7,14 +7,11 @@ context tokens + a time-embedding term, §2) and ``UNet2DConditionModel``, and t
 below put diffusers' modules behind unclip's network call ``net(x_t, t, **cond)`` and the pipeline's
 component interfaces; unclip's own samplers, guidance and manipulations do the rest.
 
-Scheduler mapping (``diffusion_from_scheduler``): ``UnCLIPScheduler`` with ``squaredcos_cap_v2`` betas is
-unclip's cosine schedule (Nichol & Dhariwal eq. 17, s = 0.008, β ≤ 0.999, the same numbers);
-``prediction_type`` epsilon/sample → ``eps``/``x0``; ``variance_type`` learned_range → ``learn_variance``
-(eq. 15), fixed_small_log → DDPM's β̃; its timestep grid round((T-1)/(n-1)·i) is unclip's ``"linspace"``
-spacing (equal for every n ≤ 1000), and its step is unclip's ``ddpm`` sampler on the respaced betas.
-``clip_sample`` is the decoder's and upsampler's x0 clipping to [-1, 1]; the prior's range (5 in Karlo)
-clips its x0 output. So the imported defaults (``ddpm``, ``linspace``, diffusers' steps and guidance
-scales) reproduce diffusers' own pipeline at the same noise (tests/test_interop_diffusers.py).
+Scheduler mapping (``unclip.interop.schedulers``): Karlo's ``UnCLIPScheduler``s are unclip's cosine schedule
+on the ``"linspace"`` grid, sampled by unclip's ``ddpm``; ``clip_sample`` is the decoder's and upsampler's x0
+clipping to [-1, 1]; the prior's range (5 in Karlo) clips its x0 output. So the imported defaults (``ddpm``,
+``linspace``, diffusers' steps and guidance scales) reproduce diffusers' own pipeline at the same noise
+(tests/test_interop_diffusers.py).
 
 Conditioning in the unconditional branch of guidance is, as in diffusers, the empty caption's encoding
 (held by the adapters as ``null_*`` buffers) and, for the decoder, the learned CFG image embedding.
@@ -43,14 +40,15 @@ from unclip.diffusion.samplers import sample
 from unclip.diffusion.schedule import DiffusionConfig
 from unclip.encoders.base import Encoder, TextEncoding
 from unclip.errors import CheckpointError, UnclipError
-from unclip.interop import INDEX_FILE, read_model_index, require_diffusers
+from unclip.interop import INDEX_FILE, load_diffusers, read_model_index, require_diffusers
+from unclip.interop.schedulers import diffusion_from_scheduler
 from unclip.pipelines.unclip import Component, UnCLIPPipeline
 
 __all__ = ["DiffusersClipEncoder", "KarloPrior", "KarloPriorComponent", "KarloDecoder", "KarloSuperRes",
-           "AdaptedUNetConfig", "AdaptedPriorConfig", "DiffusersUnCLIPPipeline", "diffusion_from_scheduler",
-           "load", "KIND", "DEFAULTS"]
+           "AdaptedUNetConfig", "AdaptedPriorConfig", "DiffusersUnCLIPPipeline", "load", "KIND", "DEFAULTS"]
 
 KIND = "diffusers-unclip"
+PRIOR_DIR = "diffusers_prior"  # an import's copy of a separate prior folder (Kandinsky 2.2's decoder + prior)
 # diffusers' UnCLIPPipeline defaults, on the sampler and grid that reproduce its UnCLIPScheduler
 DEFAULTS = {
     "prior": {"steps": 25, "sampler": "ddpm", "spacing": "linspace", "guidance_scale": 4.0, "precision": "fp32"},
@@ -59,37 +57,17 @@ DEFAULTS = {
 }
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-_PREDICTIONS = {"epsilon": "eps", "sample": "x0"}
-_VARIANCES = {"learned_range": True, "fixed_small_log": False}
 
 
 # --- schedulers -------------------------------------------------------------------------------
-def diffusion_from_scheduler(config: dict[str, Any], where: str) -> tuple[DiffusionConfig, float | None]:
-    """An ``UnCLIPScheduler`` config → (unclip ``DiffusionConfig``, x0 clip range or None); see the module doc."""
-    name = config.get("_class_name", "UnCLIPScheduler")
-    if name != "UnCLIPScheduler":
-        raise UnclipError(f"{where}: scheduler {name} is not supported (only UnCLIPScheduler, as Karlo ships)")
-    schedule = config.get("beta_schedule", "squaredcos_cap_v2")
-    prediction = config.get("prediction_type", "epsilon")
-    variance = config.get("variance_type", "fixed_small_log")
-    for key, value, known in (("beta_schedule", schedule, ("squaredcos_cap_v2",)),
-                              ("prediction_type", prediction, tuple(_PREDICTIONS)),
-                              ("variance_type", variance, tuple(_VARIANCES))):
-        if value not in known:
-            raise UnclipError(f"{where}: {key} {value!r} is not supported (known: {', '.join(known)})")
-    diffusion = DiffusionConfig(schedule="cosine", timesteps=int(config.get("num_train_timesteps", 1000)),
-                                prediction=_PREDICTIONS[prediction], learn_variance=_VARIANCES[variance])
-    clip = float(config.get("clip_sample_range", 1.0)) if config.get("clip_sample", True) else None
-    return diffusion, clip
-
-
-def _scheduler(folder: Path, name: str) -> tuple[DiffusionConfig, float | None]:
+def _scheduler(folder: Path, name: str, schedulers: tuple[str, ...] = ("UnCLIPScheduler",)):
+    """The ``SchedulerMapping`` of ``folder/name/scheduler_config.json`` (``unclip.interop.schedulers``)."""
     path = folder / name / "scheduler_config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is missing or unreadable ({type(exc).__name__}); re-save the pipeline") from None
-    return diffusion_from_scheduler(config, str(path))
+    return diffusion_from_scheduler(config, str(path), schedulers)
 
 
 # --- the text and image encoder ---------------------------------------------------------------
@@ -310,9 +288,10 @@ def _from_pretrained(cls, path: Path):
         raise CheckpointError(f"cannot load {path} ({first[:200]}); weights must be .safetensors") from None
 
 
-def _pixel_stats(folder: Path):
+def _pixel_stats(processor: Path):
+    """(mean, std) of the CLIP image processor folder ``processor``, else OpenAI CLIP's."""
     try:
-        pre = json.loads((folder / "feature_extractor" / "preprocessor_config.json").read_text(encoding="utf-8"))
+        pre = json.loads((processor / "preprocessor_config.json").read_text(encoding="utf-8"))
         return tuple(pre["image_mean"]), tuple(pre["image_std"])
     except (OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError):
         return OPENAI_MEAN, OPENAI_STD
@@ -329,18 +308,18 @@ def load(folder: str | Path, *, device="cpu", defaults: dict | None = None, name
     class_name, index = read_model_index(folder)
     image_dir = folder / "image_encoder"
     image_encoder = _from_pretrained(CLIPVisionModelWithProjection, image_dir) if image_dir.is_dir() else None
-    mean, std = _pixel_stats(folder)
+    mean, std = _pixel_stats(folder / "feature_extractor")
     encoder = DiffusersClipEncoder(_from_pretrained(CLIPTokenizer, folder / "tokenizer"),
                                    _from_pretrained(CLIPTextModelWithProjection, folder / "text_encoder"),
                                    image_encoder, pixel_mean=mean, pixel_std=std).eval()
     null = encoder.null_text()
     prior = None
     if "prior" in index:
-        diffusion, clip = _scheduler(folder, "prior_scheduler")
+        diffusion, clip = _scheduler(folder, "prior_scheduler").astuple()
         net = _from_pretrained(PriorTransformer, folder / "prior")
         config = AdaptedPriorConfig(embed_dim=int(net.config.embedding_dim), diffusion=diffusion, clip_range=clip)
         prior = KarloPriorComponent(KarloPrior(net, config, null))
-    diffusion, clip = _scheduler(folder, "decoder_scheduler")
+    diffusion, clip = _scheduler(folder, "decoder_scheduler").astuple()
     if clip != 1.0:
         raise UnclipError(f"{folder}: the decoder's scheduler must clip x0 to [-1, 1] (clip_sample), as unclip's "
                           f"pixel decoders do; got {clip}")
@@ -348,7 +327,7 @@ def load(folder: str | Path, *, device="cpu", defaults: dict | None = None, name
                                _from_pretrained(UNet2DConditionModel, folder / "decoder"),
                                encoder.text_encoder.text_projection, null)
     decoder = Component(decoder_net, {"role": "decoder", "diffusion": to_dict(diffusion)})
-    diffusion, clip = _scheduler(folder, "super_res_scheduler")
+    diffusion, clip = _scheduler(folder, "super_res_scheduler").astuple()
     if clip != 1.0:
         raise UnclipError(f"{folder}: the super-resolution scheduler must clip x0 to [-1, 1]; got {clip}")
     up_net = KarloSuperRes(_from_pretrained(UNet2DModel, folder / "super_res_first"),
@@ -369,14 +348,18 @@ class DiffusersUnCLIPPipeline(UnCLIPPipeline):
 
     source: Path
     source_class: str
+    source_prior: Path | None = None   # a separate prior folder (Kandinsky 2.2's decoder + prior layout)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": KIND, "version": 1, "name": self.name, "image_size": self.image_size,
+        info = {"kind": KIND, "version": 1, "name": self.name, "image_size": self.image_size,
                 "source": self.source_class, "defaults": self.defaults}
+        return dict(info, prior=PRIOR_DIR) if self.source_prior is not None else info
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         def write(tmp: Path) -> None:
             _copy_diffusers(self.source, tmp / "diffusers")
+            if self.source_prior is not None:
+                _copy_diffusers(self.source_prior, tmp / PRIOR_DIR, expect="KandinskyV22PriorPipeline")
             atomic_write_text(tmp / "pipeline.json", json.dumps(self.describe(), indent=2, sort_keys=True) + "\n")
 
         return write_dir(directory, write, overwrite=overwrite)
@@ -387,20 +370,21 @@ class DiffusersUnCLIPPipeline(UnCLIPPipeline):
 
         directory = Path(directory)
         info = read_pipeline_json(directory)
-        unknown = sorted(set(info) - {"kind", "version", "name", "image_size", "source", "defaults"})
+        unknown = sorted(set(info) - {"kind", "version", "name", "image_size", "source", "defaults", "prior"})
         if info["kind"] != KIND or unknown:
             raise CheckpointError(f"{directory / 'pipeline.json'}: not a {KIND} pipeline"
                                   + (f" (unknown keys: {', '.join(unknown)})" if unknown else ""))
-        return load(directory / "diffusers", device=device, defaults=info.get("defaults"),
-                    name=info.get("name") or directory.name)
+        prior = directory / info["prior"] if info.get("prior") else None
+        return load_diffusers(directory / "diffusers", prior=prior, device=device, defaults=info.get("defaults"),
+                              name=info.get("name") or directory.name)
 
 
 _WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".msgpack", ".h5", ".onnx")
 
 
-def _copy_diffusers(source: Path, target: Path) -> None:
+def _copy_diffusers(source: Path, target: Path, expect: str | None = None) -> None:
     """The component folders ``model_index.json`` names (+ image_encoder/, feature_extractor/), without pickles."""
-    _, index = read_model_index(source)
+    _, index = read_model_index(source, expect=expect)
     names = [k for k in index if not k.startswith("_")] + ["image_encoder", "feature_extractor"]
     target.mkdir(parents=True)
     shutil.copy2(source / INDEX_FILE, target / INDEX_FILE)

@@ -169,13 +169,14 @@ class DecoderPipeline:
     def generate(self, image_embed: torch.Tensor | None, *, noise: dict[str, list], settings: dict[str, dict],
                  generators: Sequence[torch.Generator], text=None, negative=None, callback: Callable | None = None,
                  progress: bool = True, batch_size: int = 16, stochastic: bool | None = None,
-                 edit=None) -> torch.Tensor:
+                 edit=None, negative_image_embed: torch.Tensor | None = None) -> torch.Tensor:
         """Sample every image → [N, 3, S, S] in [-1, 1] (or the decoder's latents when it keeps them).
 
         ``image_embed`` [N, D] (None for a text-only decoder); ``noise`` from ``noise``; ``settings`` per
         stage ({"decoder": {...}, "upsampler": {...}}); ``stochastic`` (default: from ``settings``) samples
         each image alone with its own generator; ``edit`` (``unclip.pipelines.edits.StageEdit``) adds
-        sampler arguments per cascade stage and batch."""
+        sampler arguments per cascade stage and batch; ``negative_image_embed`` [N, D] replaces the
+        learned null embedding in guidance's unconditional branch (Kandinsky 2.2's negative image embeds)."""
         n = len(generators)
         self.check()
         if stochastic is None:
@@ -191,23 +192,25 @@ class DecoderPipeline:
         try:
             out = [self._decode_group(group, image_embed, noise, settings, stages, bars, callback, text=text,
                                       negative=negative, generator=generators[group[0]] if stochastic else None,
-                                      edit=edit) for group in groups]
+                                      edit=edit, negative_image_embed=negative_image_embed) for group in groups]
         finally:
             for bar in bars.values():
                 bar.close()
         return torch.cat(out)
 
     def _decode_group(self, group, image_embed, noise, settings, stages, bars, callback, *, text, negative,
-                      generator, edit) -> torch.Tensor:
+                      generator, edit, negative_image_embed=None) -> torch.Tensor:
         def extra(stage: str) -> dict:  # an edit's sampler arguments for this group (unclip.pipelines.edits)
             return edit.stage_kwargs(stage, group) if edit is not None else {}
 
         z = image_embed[group] if image_embed is not None else None
+        negative_z = negative_image_embed[group] if negative_image_embed is not None else None
         s = settings["decoder"]
         with autocast(s["precision"], self.device):
             x = sample_decoder(
                 self.decoder.model, self.decoder.diffusion, torch.cat([noise["decoder"][i] for i in group]),
                 image_embed=z, text=select_rows(text, group), negative_text=select_rows(negative, group),
+                negative_image_embed=negative_z,
                 guidance_scale=s["guidance_scale"], sampler=s["sampler"], steps=s["steps"], eta=s["eta"],
                 generator=generator, spacing=s["spacing"],
                 callback=stage_callback("decoder", bars.get("decoder"), callback),

@@ -60,12 +60,14 @@ def _pad_tokens(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[
 
 
 def decoder_kwargs(decoder: UNet, batch: int, device, *, image_embed=None, text=None,
-                   negative_text=None) -> tuple[dict[str, Any], dict[str, Any]]:
+                   negative_text=None, negative_image_embed=None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(conditional, unconditional) UNet keyword arguments for a batch of ``batch`` images.
 
     ``image_embed`` [B, D]; ``text`` / ``negative_text``: TextEncoding-like objects with ``embed``
     [B, D], ``tokens`` [B, L, Dt] and ``mask`` [B, L]. The unconditional branch drops the CLIP
-    embedding and either drops the caption or, if given, uses the negative caption.
+    embedding (or, if given, uses ``negative_image_embed`` [B, D]: Kandinsky 2.2's negative image
+    embedding, the prior's sample for the negative prompt) and either drops the caption or, if given,
+    uses the negative caption.
     """
     cfg = decoder.config
     zeros = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -76,7 +78,10 @@ def decoder_kwargs(decoder: UNet, batch: int, device, *, image_embed=None, text=
         if image_embed is None:
             raise UnclipError("this decoder needs a CLIP image embedding (from the prior or an image)")
         cond.update(image_embed=image_embed.to(device), drop_image=zeros)
-        uncond.update(drop_image=ones)
+        if negative_image_embed is None:
+            uncond.update(drop_image=ones)
+        else:
+            uncond.update(image_embed=negative_image_embed.to(device), drop_image=zeros)
     uses_text = bool(cfg.text_token_dim or cfg.text_embed_dim)
     if uses_text:
         if text is None:
@@ -107,8 +112,8 @@ def decoder_kwargs(decoder: UNet, batch: int, device, *, image_embed=None, text=
 
 
 def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tensor, *, image_embed=None,
-                   text=None, negative_text=None, guidance_scale: float = 3.0, sampler: str = "ddim",
-                   steps: int = 25, eta: float = 0.0, generator: torch.Generator | None = None,
+                   text=None, negative_text=None, negative_image_embed=None, guidance_scale: float = 3.0,
+                   sampler: str = "ddim", steps: int = 25, eta: float = 0.0, generator: torch.Generator | None = None,
                    callback: StepCallback | None = None, channels_last: bool = False,
                    spacing: str = "trailing", clip_denoised: bool = True, start_step: int = 0,
                    known: torch.Tensor | None = None, mask: torch.Tensor | None = None,
@@ -116,6 +121,7 @@ def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tenso
     """x_T [B, C, H, W] → samples [B, C, H, W], guided by ``guidance_scale`` (1 = unguided).
 
     ``spacing`` picks the timestep grid (``unclip.diffusion.schedule.sampling_timesteps``).
+    ``negative_image_embed`` [B, D]: the unconditional branch's image embedding (``decoder_kwargs``).
     ``clip_denoised``: pixel decoders clip x0 (and the result) to [-1, 1]; a latent decoder passes False.
 
     ``channels_last`` runs the UNet on NHWC activations (same result, another speed; see ``fast_layout``).
@@ -125,7 +131,7 @@ def sample_decoder(decoder: UNet, diffusion: GaussianDiffusion, x_T: torch.Tenso
     check_sampler(sampler, eta)
     x_T = _layout(x_T, channels_last)
     cond, uncond = decoder_kwargs(decoder, x_T.shape[0], x_T.device, image_embed=image_embed, text=text,
-                                  negative_text=negative_text)
+                                  negative_text=negative_text, negative_image_embed=negative_image_embed)
     model_fn = classifier_free_guidance(decoder, guidance_scale, uncond,
                                         learn_variance=diffusion.config.learn_variance) if uncond else decoder
     out = _sample(sampler, model_fn, x_T, diffusion, (start_step, known, mask, resample), channels_last,

@@ -249,8 +249,7 @@ class UnCLIPPipeline:
 
         ``edit`` (``unclip.pipelines.edits``): extra sampler arguments per cascade stage and batch."""
         gens = noise["generators"]
-        stochastic = any(is_stochastic(v["sampler"], v["eta"]) for v in settings.values()) or (
-            edit is not None and edit.stochastic)
+        stochastic = self.stochastic(settings, edit)
         if image_embed is None and self.prior is not None:
             image_embed = self.prior_pipeline.generate(
                 text, negative, noise=noise["prior"], settings=settings["prior"], generators=gens,
@@ -259,6 +258,12 @@ class UnCLIPPipeline:
         return self.decoder_pipeline.generate(image_embed, noise=noise, settings=settings, generators=gens,
                                               text=text, negative=negative, callback=callback, progress=progress,
                                               batch_size=batch_size, stochastic=stochastic, edit=edit)
+
+    @staticmethod
+    def stochastic(settings: dict[str, dict], edit=None) -> bool:
+        """Whether a run samples image by image: a stage's sampler (or the edit) draws noise at every step."""
+        return any(is_stochastic(v["sampler"], v["eta"]) for v in settings.values()) or (
+            edit is not None and edit.stochastic)
 
     @torch.no_grad()
     def embed(self, prompts: str | Sequence[str], *, negative_prompt: str | None = None,
