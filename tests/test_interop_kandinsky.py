@@ -202,3 +202,37 @@ def test_text_diff_runs_from_the_cli_on_an_import(kandinsky, tmp_path):
             "a blue square", "--frames", "2", "--decoder-steps", "2", "--out", str(tmp_path / "diff.png")]
     assert main(args) == 0
     assert (tmp_path / "diff.png").is_file()
+
+
+def test_unclip_eval_scores_kandinsky(kandinsky, tmp_path):
+    from unclip.data.shapes import build_shapes
+
+    build_shapes(tmp_path / "shapes", image_size=32, count=200, seed=0)
+    out = tmp_path / "report"
+    folder = kandinsky[0] / "combined"
+    settings = ["--set", "prior_steps=2", "--set", "decoder_steps=2"]
+    assert main(["eval", "--model", str(folder), "--data", str(tmp_path / "shapes"), "--out", str(out),
+                 "--num-prompts", "3", "--images-per-prompt", "1", *settings]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["results"][0]
+    assert metrics["n_generated"] == 3 and metrics["image_size"] == IMAGE_SIZE and metrics["fid"] > 0
+
+
+def test_unclip_serve_returns_what_the_pipeline_gives_on_kandinsky(pipe):
+    pytest.importorskip("fastapi", reason="the 'serve' extra (fastapi) is not installed")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from unclip.serve.app import create_app
+
+    request = {"prompt": "a red circle", "negative_prompt": "blue", "num_images": 1, "seed": 4, "prior_steps": 2,
+               "decoder_steps": 2}
+    with TestClient(create_app(pipe, model_ref="kandinsky")) as client:
+        assert client.get("/api/info").json()["stages"] == ["prior", "decoder"]
+        response = client.post("/api/generate", json=request)
+        assert response.status_code == 200, response.text
+        served = response.json()["result"]["images"][0]["png_base64"]
+    direct = pipe("a red circle", negative_prompt="blue", seed=4, prior_steps=2, decoder_steps=2, progress=False)
+    assert Image.open(io.BytesIO(base64.b64decode(served))).tobytes() == direct.images[0].tobytes()
