@@ -24,7 +24,7 @@ install-test: install
 
 demo: install
 	mkdir -p $(OUT)
-	$(BIN)/unclip generate "$(PROMPT)" "$(PROMPT2)" -n 4 --seed 0 --zoom 4 --out $(OUT)/demo.png
+	$(BIN)/unclip generate "$(PROMPT)" "$(PROMPT2)" -n 4 --seed 0 --out $(OUT)/demo.png
 
 test: install-test
 	$(BIN)/python -m pytest -q

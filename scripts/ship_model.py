@@ -24,6 +24,15 @@ from unclip.pipelines.registry import models_root
 from unclip.train.stages.decoder import AUTOENCODER_FILE
 
 
+def _rename(manifest: Path, name: str) -> None:
+    """The shipped pipeline.json names the model as users ask for it (``--model NAME``), not as its run dir."""
+    import json
+
+    info = json.loads(manifest.read_text(encoding="utf-8"))
+    if info.get("name") != name:
+        manifest.write_text(json.dumps(dict(info, name=name), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def ship(source: Path, name: str, card: Path | None) -> Path:
     load_pipeline(source)  # refuse to ship something that does not load
     target = models_root() / name
@@ -43,6 +52,7 @@ def ship(source: Path, name: str, card: Path | None) -> Path:
                 shutil.copyfile(path, out)
         if card is not None:
             shutil.copyfile(card, tmp / "MODEL_CARD.md")
+        _rename(tmp / "pipeline.json", name)
         load_pipeline(tmp)  # the fp16 copy loads too
         replace_dir(tmp, target)
     except BaseException:

@@ -94,14 +94,18 @@ def test_emoji_is_the_default_and_every_shipped_model_generates(tmp_path, capsys
     from unclip.pipelines.registry import default_model, shipped_models
 
     assert default_model() == "emoji" and {"emoji", "shapes"} <= set(shipped_models())
-    for name, prompt, size in (("emoji", "a Noto-style emoji of red apple", 64),
-                               ("shapes", "a large red circle in the center", 32)):
-        out = tmp_path / f"{name}.png"
-        code, stdout, _ = _run(["generate", prompt, "--model", name, "-n", "2", "--seed", "0", "--quiet", "--zoom", "2",
-                                "--prior-steps", "2", "--decoder-steps", "2", "--out", str(out)], capsys)
+    fast = ["--prior-steps", "2", "--decoder-steps", "2"]
+    # emoji: 256 px through its upsampler, 64 px from the latent decoder alone; shapes: 32 px, no upsampler
+    for name, prompt, size, extra in (("emoji", "a Noto-style emoji of red apple", 256, ["--upsampler-steps", "2"]),
+                                      ("emoji", "a Noto-style emoji of red apple", 64, ["--base-only"]),
+                                      ("shapes", "a large red circle in the center", 32, [])):
+        out = tmp_path / f"{name}-{size}.png"
+        zoom = 1 if size > 64 else 2
+        code, stdout, _ = _run(["generate", prompt, "--model", name, "-n", "2", "--seed", "0", "--quiet", "--zoom",
+                                str(zoom), *fast, *extra, "--out", str(out)], capsys)
         assert code == 0, stdout
-        with Image.open(out) as grid:  # two images (emoji: 64 px latent decoder; shapes: 32 px), enlarged twice
-            assert grid.size == (2 * 2 * size + 3 * 2, 2 * size + 2 * 2)
+        with Image.open(out) as grid:  # two images side by side, enlarged ``zoom`` times, 2 px gaps and borders
+            assert grid.size == (2 * zoom * size + 3 * 2, zoom * size + 2 * 2), (name, size)
     code, _, err = _run(["generate", "a large red circle", "--model", "shapes", "--base-only", "--quiet"], capsys)
     assert code == 2 and "no upsampler" in err
 
