@@ -197,6 +197,18 @@ def test_peer_bf16_rows_run_their_forward_passes_in_bf16():
         built.run()
         handle.remove()
         assert dtypes == [expected] and built.notes["precision"] == precision
+    # sampling: every network under autocast, the pipeline's glue in fp32 (autocast around the whole call fails:
+    # diffusers' antialiased bicubic upscaling has no bf16 CPU kernel)
+    spec = _spec("sample32", precision="bf16")
+    built = runner.BUILDERS["sample"](spec)
+    dtypes = []
+    built.stages["upsampler"][0].register_forward_hook(lambda m, i, out: dtypes.append(out.sample.dtype))
+    images = built.run(2, 2, 2)
+    assert dtypes == [torch.float32] and str(images.dtype) == "float32"   # handed back as fp32 ...
+    inner = []
+    built.stages["upsampler"][0].conv_in.register_forward_hook(lambda m, i, out: inner.append(out.dtype))
+    built.run(2, 2, 2)
+    assert inner == [torch.bfloat16]                                     # ... computed in bf16
     with pytest.raises(ValueError, match="fp32 or bf16"):
         harness.precision({"precision": "fp16"})
 
