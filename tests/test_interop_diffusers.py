@@ -16,7 +16,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from helpers.tiny_diffusers import DECODER_SIZE, SUPER_RES_SIZE, WIDTH, tiny_karlo, tiny_karlo_variation  # noqa: E402
+from helpers.tiny_diffusers import (DECODER_SIZE, SUPER_RES_SIZE, WIDTH, check_manipulations, tiny_karlo,  # noqa: E402
+                                    tiny_karlo_variation)
 
 from unclip.cli import main  # noqa: E402
 from unclip.errors import UnclipError  # noqa: E402
@@ -149,12 +150,7 @@ def test_unclip_features_run_on_karlo(pipe):
     assert not torch.allclose(plain.images, alone.images)  # the negative prompt is the unconditional branch
     image = both.images[0].clamp(-1, 1)
     shape = (3, SUPER_RES_SIZE, SUPER_RES_SIZE)
-    variations = pipe.variations(image, num_images=2, seed=0, from_inversion=True, eta=0.5, **fast)
-    assert variations.images.shape == (2, *shape)
-    frames = pipe.interpolate(image, both.images[1], num_frames=3, seed=0, noise="inversion", **fast)
-    assert frames.images.shape == (3, *shape)
-    edit = pipe.text_diff(image, "a red circle", "a blue square", num_frames=2, seed=0, **fast)
-    assert edit.images.shape == (2, *shape) and torch.isfinite(edit.images).all()
+    check_manipulations(pipe, image, both.images[1], shape, **fast)
 
 
 def test_text_diff_runs_from_the_cli(karlo, tmp_path):

@@ -22,7 +22,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from helpers.tiny_diffusers import WIDTH  # noqa: E402
+from helpers.tiny_diffusers import WIDTH, check_manipulations  # noqa: E402
 from helpers.tiny_kandinsky import IMAGE_SIZE, LATENT_CHANNELS, LATENT_SIZE, tiny_decoder, tiny_kandinsky  # noqa: E402
 
 from unclip.cli import main  # noqa: E402
@@ -181,12 +181,7 @@ def test_unclip_features_run_on_kandinsky(pipe):
     assert not torch.allclose(plain.images, alone.images)  # the negative prompt conditions both stages
     image, shape = both.images[0].clamp(-1, 1), (3, IMAGE_SIZE, IMAGE_SIZE)
     fast = {"decoder_steps": 3, "progress": False, "output_type": "pt"}
-    variations = pipe.variations(image, num_images=2, seed=0, from_inversion=True, eta=0.5, **fast)
-    assert variations.images.shape == (2, *shape)
-    frames = pipe.interpolate(image, both.images[1], num_frames=3, seed=0, noise="inversion", **fast)
-    assert frames.images.shape == (3, *shape)
-    edit = pipe.text_diff(image, "a red circle", "a blue square", num_frames=2, seed=0, **fast)
-    assert edit.images.shape == (2, *shape) and torch.isfinite(edit.images).all()
+    check_manipulations(pipe, image, both.images[1], shape, **fast)
     moved = pipe.img2img(image, "a blue square", strength=0.5, seed=0, prior_steps=2, **fast)
     assert moved.images.shape == (1, *shape) and torch.isfinite(moved.images).all()
 

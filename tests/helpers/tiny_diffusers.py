@@ -106,3 +106,16 @@ def tiny_karlo_variation(directory: Path, karlo):
         **parts)
     pipe.save_pretrained(directory)
     return pipe.set_progress_bar_config(disable=True) or pipe
+
+
+def check_manipulations(pipe, image, other, shape, **fast) -> None:
+    """The unCLIP manipulations run on an imported pipeline: variations from a DDIM-inverted latent (§3.1),
+    interpolation (§3.2) and a text diff (§3.3), each giving images of ``shape`` [3, S, S]."""
+    import torch
+
+    variations = pipe.variations(image, num_images=2, seed=0, from_inversion=True, eta=0.5, **fast)
+    assert variations.images.shape == (2, *shape)
+    frames = pipe.interpolate(image, other, num_frames=3, seed=0, noise="inversion", **fast)
+    assert frames.images.shape == (3, *shape)
+    edit = pipe.text_diff(image, "a red circle", "a blue square", num_frames=2, seed=0, **fast)
+    assert edit.images.shape == (2, *shape) and torch.isfinite(edit.images).all()
