@@ -40,7 +40,7 @@ from unclip.errors import UnclipError
 from unclip.interop import read_model_index, require_diffusers
 from unclip.interop.diffusers_unclip import (AdaptedPriorConfig, AdaptedUNetConfig, DiffusersClipEncoder,
                                              DiffusersUnCLIPPipeline, KarloPrior, KarloPriorComponent, _drop,
-                                             _from_pretrained, _pixel_stats, _scheduler)
+                                             _from_pretrained, _pixel_stats, _scheduler, merge_defaults)
 from unclip.pipelines.decoder import Component
 
 __all__ = ["MovqConfig", "MovqAutoencoder", "KandinskyDecoder", "KandinskyPipeline", "component_dirs", "load",
@@ -198,8 +198,8 @@ def load(folder: str | Path, *, prior: str | Path | None = None, device="cpu", d
         raise UnclipError(f"{parts['scheduler']}: clip_sample must be false for a latent decoder (Kandinsky 2.2 "
                           "ships it so); unclip does not clip latents")
     movq = _from_pretrained(VQModel, parts["movq"])
-    factor = 2 ** (len(movq.config.block_out_channels) - 1)
     unet = _from_pretrained(UNet2DConditionModel, parts["unet"])
+    factor = 2 ** (len(movq.config.block_out_channels) - 1)   # MovqConfig.downsample_factor
     latent_size = _latent_size(unet, factor)
     size = encoder.image_encoder.config.image_size
     with torch.no_grad():  # diffusers' get_zero_embed: the embedding of all-zero pixel values
@@ -208,7 +208,7 @@ def load(folder: str | Path, *, prior: str | Path | None = None, device="cpu", d
                                    learn_variance=schedule.diffusion.learn_variance)
     decoder = Component(decoder_net, {"role": "decoder", "diffusion": to_dict(schedule.diffusion)},
                         autoencoder=MovqAutoencoder(movq, latent_size * factor))
-    merged = {stage: dict(values, **(defaults or {}).get(stage, {})) for stage, values in DEFAULTS.items()}
+    merged = merge_defaults(DEFAULTS, defaults)
     merged["decoder"].setdefault("spacing", schedule.spacing)
     pipe = KandinskyPipeline(encoder, decoder, prior=KarloPriorComponent(prior_net), defaults=merged,
                              name=name or folder.name)

@@ -44,7 +44,7 @@ from unclip.interop import INDEX_FILE, load_diffusers, read_model_index, require
 from unclip.interop.schedulers import diffusion_from_scheduler
 from unclip.pipelines.unclip import Component, UnCLIPPipeline
 
-__all__ = ["DiffusersClipEncoder", "KarloPrior", "KarloPriorComponent", "KarloDecoder", "KarloSuperRes",
+__all__ = ["DiffusersClipEncoder", "merge_defaults", "KarloPrior", "KarloPriorComponent", "KarloDecoder", "KarloSuperRes",
            "AdaptedUNetConfig", "AdaptedPriorConfig", "DiffusersUnCLIPPipeline", "load", "KIND", "DEFAULTS"]
 
 KIND = "diffusers-unclip"
@@ -297,6 +297,11 @@ def _pixel_stats(processor: Path):
         return OPENAI_MEAN, OPENAI_STD
 
 
+def merge_defaults(base: dict[str, dict], overrides: dict | None) -> dict[str, dict]:
+    """Per stage, an adapter's diffusers defaults updated by a saved pipeline's (or a caller's) ``overrides``."""
+    return {stage: dict(values, **(overrides or {}).get(stage, {})) for stage, values in base.items()}
+
+
 def load(folder: str | Path, *, device="cpu", defaults: dict | None = None, name: str | None = None):
     """A ``DiffusersUnCLIPPipeline`` running the Karlo diffusers folder ``folder``."""
     require_diffusers()
@@ -334,7 +339,7 @@ def load(folder: str | Path, *, device="cpu", defaults: dict | None = None, name
                            _from_pretrained(UNet2DModel, folder / "super_res_last"))
     upsampler = Component(up_net, {"role": "upsampler", "diffusion": to_dict(diffusion),
                                    "low_res_size": decoder.image_size, "noise_level": 0})
-    merged = {stage: dict(values, **(defaults or {}).get(stage, {})) for stage, values in DEFAULTS.items()}
+    merged = merge_defaults(DEFAULTS, defaults)
     pipe = DiffusersUnCLIPPipeline(encoder, decoder, prior=prior, upsampler=upsampler, defaults=merged,
                                    name=name or folder.name)
     pipe.source, pipe.source_class = folder, class_name
