@@ -16,7 +16,8 @@ both styles, restyles the s render to t (``unclip.pipelines.style.restyle``, ``-
 The diagonal (s = t) holds the plain-generation row: its style accuracy and recognisability. Without a saved
 ``--classifier`` file the classifier is trained first on the data's train split (``--classifier-steps``) and
 saved there. Writes ``table.md`` and ``table.json`` to ``--out``. CPU: ~16 x count restyles plus 4 x count
-generations; run it on a GPU or with a small ``--count``.
+generations; run it on a GPU, with ``--base-only`` (64 px, no upsampler) or with a small ``--count``. Also writes
+``sheet.png``: per target style, rows of real renders, plain generation and the restyles from each source style.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--strength", type=float, default=0.6, help="caption route: SDEdit strength")
     parser.add_argument("--classifier", default="runs/style-classifier.safetensors")
     parser.add_argument("--classifier-steps", type=int, default=1500)
+    parser.add_argument("--classifier-size", type=int, default=64, help="side the classifier reads images at")
+    parser.add_argument("--classifier-only", action="store_true", help="train (or load) the classifier, score it "
+                        "on the real renders of --split, and stop")
+    parser.add_argument("--base-only", action="store_true", help="stop after the decoder (no upsampler): cheaper")
+    parser.add_argument("--batch", type=int, default=16, help="restyles per batch (text-diff route)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="reports/style-table")
@@ -54,9 +60,14 @@ def parse_args() -> argparse.Namespace:
 
 def classifier(args) -> StyleClassifier:
     path = Path(args.classifier)
-    if path.is_file():
+    if path.is_file() and not args.classifier_only:
         return load_model(path, expected=StyleClassifier).eval()
-    config = StyleClassifierConfig()
+    if path.is_file():
+        model = load_model(path, expected=StyleClassifier).eval()
+        test_images, test_labels = load_style_data(args.data, args.split, image_size=model.config.image_size)
+        print("classifier on real", args.split, "renders:", json.dumps(style_accuracy(model, test_images, test_labels)))
+        return model
+    config = StyleClassifierConfig(image_size=args.classifier_size)
     images, labels = load_style_data(args.data, "train", image_size=config.image_size)
     model = train_style_classifier(images, labels, config, StyleTrainConfig(steps=args.classifier_steps),
                                    device=args.device, log=lambda step, loss: print(f"classifier {step}: {loss:.3f}"))
@@ -103,28 +114,64 @@ def table(args) -> None:
     from unclip.pipelines import load_pipeline
 
     judge = classifier(args)
+    if args.classifier_only:
+        return
     pipe = load_pipeline(args.model, device=args.device)
     chosen = concepts(args, pipe.decoder_size)
     keys = list(chosen)
     print(f"{len(keys)} concepts rendered in all four styles ({args.split} split)")
     recogniser = load_recogniser(args.device)
-    rows, started = {}, time.perf_counter()
+    stages = {"upsample": False} if args.base_only else {}
+    size = pipe.decoder_size if args.base_only else pipe.image_size
+    rows, sheet, started = {}, {}, time.perf_counter()
     for target in STYLES:
         references = torch.stack([chosen[k][target][1] for k in keys])
         prompts = [chosen[k][target][2] for k in keys]
-        plain = pipe(prompts, style=target, seed=args.seed, progress=False, output_type="pt").images
-        rows[(target, target)] = _score(judge, recogniser, plain, references, keys, target, pipe.image_size)
+        plain = pipe(prompts, style=target, seed=args.seed, progress=False, output_type="pt", **stages).images
+        rows[(target, target)] = _score(judge, recogniser, plain, references, keys, target, size)
+        sheet[(target, target)] = plain
         for source in STYLES:
             if source == target:
                 continue
-            images = torch.cat([pipe.restyle(chosen[k][source][0], target, from_style=source,
-                                             caption=chosen[k][source][2], method=args.method, theta=args.theta,
-                                             strength=args.strength, seed=args.seed + i, progress=False,
-                                             output_type="pt").images for i, k in enumerate(keys)])
-            rows[(source, target)] = _score(judge, recogniser, images, references, keys, target, pipe.image_size)
+            images = _restyled(pipe, args, chosen, keys, source, target, stages)
+            rows[(source, target)] = _score(judge, recogniser, images, references, keys, target, size)
             rows[(source, target)]["plain_recognised"] = rows[(target, target)]["recognised"]
+            sheet[(source, target)] = images
             print(source, "->", target, json.dumps(rows[(source, target)]), f"{time.perf_counter() - started:.0f} s")
+    _sheet(args, chosen, keys, sheet)
     _write(args, rows, len(keys))
+
+
+def _restyled(pipe, args, chosen, keys, source, target, stages) -> torch.Tensor:
+    """The ``source`` renders of ``keys`` restyled to ``target``: text diffs in batches of ``--batch`` (image i
+    seeded ``seed + i``), the caption route one image at a time."""
+    out = []
+    step = args.batch if args.method == "textdiff" else 1
+    for start in range(0, len(keys), step):
+        group = keys[start:start + step]
+        out.append(pipe.restyle([chosen[k][source][0] for k in group], target, from_style=source,
+                                caption=[chosen[k][source][2] for k in group], method=args.method, theta=args.theta,
+                                strength=args.strength, seed=list(range(args.seed + start, args.seed + start + len(group))),
+                                progress=False, output_type="pt", **stages).images)
+    return torch.cat(out)
+
+
+def _sheet(args, chosen, keys, sheet, shown: int = 8) -> None:
+    """``sheet.png``: per target style, the real target renders, then plain generation and each source's restyles
+    (rows), for the first ``shown`` concepts (columns)."""
+    from unclip.pipelines.images import image_grid, to_pil
+
+    keys = keys[:shown]
+    size = next(iter(sheet.values())).shape[-1]
+    tiles = []
+    for target in STYLES:
+        real = torch.stack([chosen[k][target][1] for k in keys])
+        real = torch.nn.functional.interpolate(real, size=(size, size), mode="bilinear", antialias=True)
+        tiles += to_pil(real) + to_pil(sheet[(target, target)][:len(keys)])
+        tiles += [im for source in STYLES if source != target for im in to_pil(sheet[(source, target)][:len(keys)])]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    image_grid(tiles, columns=len(keys)).save(out / "sheet.png")
 
 
 def _score(judge, recogniser, images, references, keys, target, size) -> dict:

@@ -92,6 +92,29 @@ def test_restyle_text_diff_is_one_text_diff_frame(pipes, tmp_path):
         pipe.restyle(Image.open(path), "noto", progress=False)
 
 
+def test_restyle_of_a_list_is_the_images_one_by_one(pipes, tmp_path):
+    pipe = pipes["unclip"]
+    data = _built_dataset(tmp_path / "data")
+    paths = [str(data / "images" / f"{i:06d}.png") for i in (0, 1)]
+    kw = dict(theta=0.4, progress=False, output_type="pt")
+    batch = pipe.restyle(paths, "fluent", seed=[5, 9], **kw)
+    assert batch.images.shape[0] == 2 and batch.prompts == ["a Fluent-style emoji of red circle",
+                                                           "a Fluent-style emoji of blue circle"]
+    assert batch.settings["source_style"] == ["noto", "twemoji"]
+    for i, (path, seed) in enumerate(zip(paths, (5, 9))):
+        alone = pipe.restyle(path, "fluent", seed=seed, **kw)
+        torch.testing.assert_close(batch.images[i], alone.images[0], atol=1e-4, rtol=0)
+    full = pipes["full"]
+    one_caption_each = full.restyle([Image.open(p) for p in paths], "openmoji", method="caption", strength=0.5,
+                                    caption=["a Noto-style emoji of cat", "a Twemoji-style emoji of dog"], seed=3,
+                                    progress=False, output_type="pt")
+    direct = full.img2img(Image.open(paths[1]), "an OpenMoji-style emoji of dog", strength=0.5, seed=4,
+                          progress=False, output_type="pt")
+    assert one_caption_each.images.shape[0] == 2 and torch.equal(one_caption_each.images[1], direct.images[0])
+    with pytest.raises(UnclipError, match="one caption per image"):
+        pipe.restyle(paths, "fluent", caption=["a Noto-style emoji of cat"], progress=False)
+
+
 def test_restyle_caption_route_is_img2img(pipes):
     pipe = pipes["full"]
     image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -89,9 +89,12 @@ def test_style_table_script_runs_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "report"
     monkeypatch.setattr(sys, "argv", ["style_table.py", "--model", str(model), "--data", str(data), "--count", "2",
                                       "--classifier", str(tmp_path / "clf.safetensors"), "--classifier-steps", "3",
-                                      "--out", str(out)])
+                                      "--classifier-size", "16", "--batch", "2", "--base-only", "--out", str(out)])
     runpy.run_path("scripts/style_table.py", run_name="__main__")
     table = json.loads((out / "table.json").read_text())
     assert len([k for k in table if "->" in k]) == 16
     assert set(table["noto->fluent"]) >= {"style_accuracy", "recognised", "plain_recognised", "ceiling", "chance"}
     assert "| noto |" in (out / "table.md").read_text() and (tmp_path / "clf.safetensors").is_file()
+    assert load_model(tmp_path / "clf.safetensors", expected=StyleClassifier).config.image_size == 16
+    with Image.open(out / "sheet.png") as sheet:   # 4 targets x (real, plain, 3 sources) rows of 2 concepts
+        assert sheet.size[0] < sheet.size[1]

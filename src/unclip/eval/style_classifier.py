@@ -4,13 +4,13 @@ It measures style control (issue #21, ``scripts/style_table.py``): the fraction 
 reads as the target style. It shares no weights with the generator or with the other judges (no CLIP, no
 EfficientNet): a from-scratch 3-level ConvNet (conv–GroupNorm–SiLU blocks, average pooling, a linear head),
 trained with cross-entropy on the renders of the training concepts and tested on held-out concepts, so it
-reads the style and not the concept. Renders are scored at ``image_size`` (default 32, the shipped emoji
-model's output); training adds the differences samples have from renders: flips, shifts of a few pixels,
+reads the style and not the concept. Renders are scored at ``image_size`` (default 64, the shipped emoji
+model's base stage; larger images are resized down); training adds the differences samples have from renders: flips, shifts of a few pixels,
 a random blur (down-then-up sampling) and a little noise.
 
-    images, labels = load_style_data("data/emoji64-all", "train", image_size=32)
+    images, labels = load_style_data("data/emoji64-all", "train", image_size=64)
     model = train_style_classifier(images, labels, StyleClassifierConfig(), StyleTrainConfig(steps=1500))
-    test_images, test_labels = load_style_data("data/emoji64-all", "test", image_size=32)
+    test_images, test_labels = load_style_data("data/emoji64-all", "test", image_size=64)
     style_accuracy(model, test_images, test_labels)          # {"accuracy", "per_style", "confusion", "n"}
     save_model(model, "runs/style-classifier.safetensors")   # config in the metadata (unclip.checkpoint)
 """
@@ -34,7 +34,7 @@ STYLES = ("noto", "twemoji", "openmoji", "fluent")   # the keys of unclip.data.e
 
 @dataclass(frozen=True)
 class StyleClassifierConfig:
-    image_size: int = 32                          # inputs are resized to this side first
+    image_size: int = 64                          # inputs are resized to this side first
     channels: tuple[int, ...] = (16, 32, 64)       # one conv block and a 2x average pool per entry
     styles: tuple[str, ...] = STYLES
     dropout: float = 0.1
@@ -94,7 +94,7 @@ class StyleTrainConfig:
     augment: bool = True
 
 
-def load_style_data(path, split: str = "train", image_size: int = 32, *, styles: tuple[str, ...] = STYLES,
+def load_style_data(path, split: str = "train", image_size: int = 64, *, styles: tuple[str, ...] = STYLES,
                     limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(images [N, 3, S, S], labels [N]) of a built emoji dataset's ``split``, labelled by ``meta["style"]``.
 

@@ -122,39 +122,63 @@ def resolve_source(caption: str | None, from_style: str | None) -> tuple[str, st
 
 
 @torch.no_grad()
-def restyle(pipe, image, style: str, *, from_style: str | None = None, caption: str | None = None,
-            method: str = "textdiff", theta: float = 0.5, strength: float = 0.6, num_images: int = 1, eta: float = 0.0,
-            seed=None, callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
+def restyle(pipe, image, style: str, *, from_style: str | None = None, caption=None, method: str = "textdiff",
+            theta: float = 0.5, strength: float = 0.6, num_images: int = 1, eta: float = 0.0, seed=None,
+            callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
             **stage_settings) -> PipelineOutput:
     """Restyle an emoji image to ``style`` (module docstring). ``method``: "textdiff" (slerp weight ``theta``,
     from the DDIM-inverted latent; ``eta`` > 0 gives ``num_images`` different samples) or "caption" (SDEdit at
-    ``strength`` under the target caption)."""
+    ``strength`` under the target caption).
+
+    ``image`` may be a list of images, with ``caption`` None or one caption per image: the text-diff route then
+    inverts and decodes them as one batch (``num_images`` outputs per input, in input order; image i's outputs
+    take seeds ``num_images * i``, ...), the caption route edits them one after another."""
     if method not in RESTYLE_METHODS:
         raise UnclipError(f"method must be one of {', '.join(RESTYLE_METHODS)}, got {method!r}")
     target = check_style(style)
+    many = isinstance(image, (list, tuple))
+    images = list(image) if many else [image]
+    captions = list(caption) if isinstance(caption, (list, tuple)) else [caption] * len(images)
+    if not images or len(captions) != len(images):
+        raise UnclipError(f"restyle got {len(images)} images and {len(captions)} captions; pass one caption per "
+                          "image (or none)")
+    pairs = [_caption_pair(im, c, from_style, target) for im, c in zip(images, captions)]
+    seeds = make_seeds(seed, len(images) * num_images)
+    if method == "caption":
+        from unclip.pipelines.edits import img2img
+
+        inner = output_type if len(images) == 1 else ("latent" if output_type == "latent" else "pt")
+        outs = [img2img(pipe, im, to, strength=strength, num_images=num_images,
+                        seed=seeds[i * num_images:(i + 1) * num_images], callback=callback, progress=progress,
+                        output_type=inner, **stage_settings) for i, (im, (_, _, to)) in enumerate(zip(images, pairs))]
+        out = outs[0] if len(outs) == 1 else PipelineOutput(
+            images=pipe.format(torch.cat([o.images for o in outs]), output_type), seeds=seeds, prompts=[],
+            settings=outs[0].settings)
+    else:
+        out = _text_diff_restyle(pipe, images, pairs, theta, num_images, eta, seeds, callback, progress, output_type,
+                                 stage_settings)
+    sources = sorted({source for source, _, _ in pairs})
+    out.settings.update(operation="restyle", method=method, source_style=sources[0] if len(sources) == 1 else sources,
+                        style=target, from_caption=pairs[0][1] if not many else [a for _, a, _ in pairs],
+                        to_caption=pairs[0][2] if not many else [b for _, _, b in pairs])
+    out.prompts = [to for _, _, to in pairs for _ in range(num_images)]
+    return out
+
+
+def _caption_pair(image, caption, from_style, target) -> tuple[str, str, str]:
+    """(source style, from caption, to caption) of one image."""
     if caption is None and isinstance(image, (str, Path)):
         caption = dataset_caption(image)
     source, subject = resolve_source(caption, from_style)
     if source == target:
         raise UnclipError(f"the image is already {style_titles()[target]}-style; pick another style")
-    from_caption, to_caption = style_caption(source, subject), style_caption(target, subject)
-    if method == "caption":
-        from unclip.pipelines.edits import img2img
-
-        out = img2img(pipe, image, to_caption, strength=strength, num_images=num_images, seed=seed,
-                      callback=callback, progress=progress, output_type=output_type, **stage_settings)
-    else:
-        out = _text_diff_restyle(pipe, image, from_caption, to_caption, theta, num_images, eta, seed, callback,
-                                 progress, output_type, stage_settings)
-    out.settings.update(operation="restyle", method=method, source_style=source, style=target,
-                        from_caption=from_caption, to_caption=to_caption)
-    out.prompts = [to_caption] * len(out.images)
-    return out
+    return source, style_caption(source, subject), style_caption(target, subject)
 
 
-def _text_diff_restyle(pipe, image, from_caption, to_caption, theta, num_images, eta, seed, callback, progress,
-                       output_type, stage_settings) -> PipelineOutput:
-    """One text-diff frame at ``theta`` (§3.3) per image, all from the image's DDIM-inverted latent."""
+def _text_diff_restyle(pipe, images, pairs, theta, num_images, eta, seeds, callback, progress, output_type,
+                       stage_settings) -> PipelineOutput:
+    """One text-diff frame at ``theta`` (§3.3) per output, each from its image's DDIM-inverted latent, all images
+    in one batch."""
     from unclip.pipelines.edits import _image_at, _open
     from unclip.pipelines.images import check_finite
     from unclip.pipelines.manipulate import decode_embeddings, invert, text_diff_embeddings
@@ -169,14 +193,14 @@ def _text_diff_restyle(pipe, image, from_caption, to_caption, theta, num_images,
     stage_settings = {k: v for k, v in stage_settings.items() if not k.startswith("prior_")}
     settings = pipe.resolve_settings(**dict(stage_settings, decoder_sampler="ddim", eta=eta))
     settings.pop("prior", None)
-    x = _image_at(_open(image), pipe.decoder_size, pipe.device)
-    z = pipe.encoder.encode_image(x).float()                                          # [1, D]
-    z_new = text_diff_embeddings(pipe, z, from_caption, to_caption, torch.tensor([float(theta)], device=z.device))
+    x = torch.cat([_image_at(_open(image), pipe.decoder_size, pipe.device) for image in images])   # [N, 3, S, S]
+    z = pipe.encoder.encode_image(x).float()                                                       # [N, D]
+    thetas = torch.tensor([float(theta)], device=z.device)
+    z_new = torch.cat([text_diff_embeddings(pipe, z[i:i + 1], a, b, thetas) for i, (_, a, b) in enumerate(pairs)])
     s = settings["decoder"]
     latent = invert(pipe, x, z, s["steps"], s["precision"], s["spacing"])
-    seeds = make_seeds(seed, num_images)
-    images = decode_embeddings(pipe, z_new.repeat(num_images, 1), seeds, settings, callback, progress,
-                     latent.repeat(num_images, 1, 1, 1))
+    out = decode_embeddings(pipe, z_new.repeat_interleave(num_images, 0), seeds, settings, callback, progress,
+                            latent.repeat_interleave(num_images, 0))
     info = {"theta": float(theta), "eta": float(eta), "stages": settings}
-    return PipelineOutput(images=pipe.format(check_finite(images, pipe.name), output_type), seeds=seeds,
-                          prompts=[to_caption] * num_images, settings=info)
+    return PipelineOutput(images=pipe.format(check_finite(out, pipe.name), output_type), seeds=seeds,
+                          prompts=[b for _, _, b in pairs for _ in range(num_images)], settings=info)
