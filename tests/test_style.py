@@ -138,8 +138,14 @@ def test_restyle_and_generate_style_cli(tmp_path, capsys):
     assert record["settings"]["style"] == "fluent"
     assert record["images"][0]["prompt"] == "a Fluent-style emoji of red apple"
     capsys.readouterr()
+    both = [str(data / "images" / f"{i:06d}.png") for i in (0, 1)]
+    assert main(["restyle", *both, "--style", "openmoji", "-n", "2", "--out", str(out), *fast]) == 0
+    assert "4 image(s) from 2 inputs, to openmoji" in capsys.readouterr().out
+    with Image.open(out) as grid:
+        assert grid.size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)   # 2 x 2 tiles, 2 px padding
     Image.new("RGB", (16, 16)).save(tmp_path / "plain.png")
-    assert main(["restyle", str(tmp_path / "plain.png"), "--style", "fluent", "--out", str(out), *fast]) == 2
-    assert "--from-style" in capsys.readouterr().err
+    assert main(["restyle", *both, str(tmp_path / "plain.png"), "--style", "fluent", "--out", str(tmp_path / "x.png"),
+                 *fast]) == 2
+    assert "--from-style" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
     assert main(["generate", "x", "--style", "oil", "--out", str(out), *fast]) == 2
     assert "unknown style" in capsys.readouterr().err

@@ -67,9 +67,10 @@ def register(subparsers) -> None:
                     examples="""
   unclip restyle data/emoji64-all/images/000123.png --style fluent --out fluent.png   # caption from the dataset
   unclip restyle apple.png --style twemoji --from-style noto --caption "red apple" --theta 0.6
-  unclip restyle apple.png --style fluent --caption "a Noto-style emoji of red apple" --method caption""",
+  unclip restyle apple.png --style fluent --caption "a Noto-style emoji of red apple" --method caption
+  unclip restyle data/emoji64-all/images/0001*.png --style openmoji --out many.png   # one batch, one grid""",
                     func=_restyle)
-    p.add_argument("image", help="input image file")
+    p.add_argument("image", nargs="+", help="input image file(s); several are restyled as one batch")
     p.add_argument("--style", required=True, help="target style: noto, twemoji, openmoji or fluent")
     p.add_argument("--from-style", default=None, help="the image's style (default: from --caption or the dataset)")
     p.add_argument("--caption", default=None,
@@ -161,14 +162,20 @@ def _restyle(args) -> int:
     from unclip.pipelines.style import check_style, dataset_caption, resolve_source
 
     style = check_style(args.style)
-    caption = _text(args.caption, "--caption") or dataset_caption(args.image)
-    source, _ = resolve_source(caption, args.from_style)  # a one-line error before the model loads
-    image = _read_image(args.image, args.max_image_pixels)
+    given = _text(args.caption, "--caption")
+    captions = [given or dataset_caption(path) for path in args.image]
+    for caption in captions:
+        resolve_source(caption, args.from_style)  # a one-line error before the model loads
+    images = [_read_image(path, args.max_image_pixels) for path in args.image]
     args.out = _png_path(args.out)
     pipe = _load(args)
     _require(pipe, "restyle")
     kwargs = _kwargs_for(pipe, _stage_kwargs(args))
-    result = pipe.restyle(image, style, from_style=source, caption=caption, method=args.method, theta=args.theta,
+    one = len(images) == 1
+    result = pipe.restyle(images[0] if one else images, style, from_style=args.from_style,
+                          caption=captions[0] if one else captions, method=args.method, theta=args.theta,
                           strength=args.strength, num_images=args.num_images, eta=args.eta, seed=args.seed,
                           progress=not args.quiet, **kwargs)
+    if not one:
+        return _write(result, args, f"image(s) from {len(images)} inputs, to {result.settings['style']}")
     return _write(result, args, f"image(s): {result.settings['from_caption']!r} -> {result.settings['to_caption']!r}")
