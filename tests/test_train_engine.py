@@ -162,3 +162,14 @@ def test_finished_run_resume_is_a_no_op_and_other_runs_are_not_overwritten(tmp_p
         run_training(tiny({"steps": 3}), tmp_path)
     with pytest.raises(UnclipError, match="different run .config differs at 'train.lr'"):
         run_training(tiny({"steps": 3, "lr": 0.1}), tmp_path)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_mixed_precision_trains_in_bf16_only_where_the_host_computes_it_natively(tmp_path, monkeypatch, native):
+    # on AVX2-only CPUs bf16 is emulated (many times slower than fp32), so "auto" must fall back to fp32 there
+    import unclip.precision as precision
+
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: native)
+    dtypes = []
+    run_training(_recording_dtypes(tiny({"steps": 2, "mixed_precision": "auto", "cpu": True}), dtypes), tmp_path)
+    assert dtypes[:2] == [torch.bfloat16 if native else torch.float32] * 2

@@ -19,7 +19,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1             # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0                # max global grad norm; 0 disables
     ema_decay: float = 0.999              # 0 disables EMA
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # "auto": bf16 where the device computes it natively (unclip.precision.native_bf16: CUDA with bf16,
+    # AVX512-BF16/AMX CPUs), else "no" -- on AVX2-only CPUs bf16 is emulated and many times slower than fp32
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "no"
     seed: int = 0
     num_workers: int = 0
     deterministic: bool = False

@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from unclip.config import to_dict
 from unclip.errors import ConfigError, UnclipError
+from unclip.precision import native_bf16
 from unclip.train.config import TrainConfig
 from unclip.train.ema import EMA
 from unclip.train.loader import BatchStream
@@ -42,7 +43,7 @@ from unclip.train.stage import Stage
 from unclip.train.state import (TrainState, capture_rng, clean_partial, latest_checkpoint, load_checkpoint,
                                 restore_rng, save_checkpoint)
 
-__all__ = ["run_training", "TrainingInterrupted", "make_accelerator"]
+__all__ = ["run_training", "TrainingInterrupted", "make_accelerator", "training_precision"]
 
 
 class TrainingInterrupted(UnclipError):
@@ -58,7 +59,14 @@ def make_accelerator(cfg: TrainConfig):
     if cfg.mixed_precision == "fp16" and use_cpu:
         raise ConfigError("train.mixed_precision=fp16 needs a GPU (loss scaling is CUDA-only); use bf16 on CPU")
     AcceleratorState._reset_state(reset_partial_state=False)  # allow several runs in one process
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=use_cpu)
+    return Accelerator(mixed_precision=training_precision(cfg.mixed_precision, use_cpu), cpu=use_cpu)
+
+
+def training_precision(mixed_precision: str, use_cpu: bool) -> str:
+    """Accelerate's ``mixed_precision`` for ``train.mixed_precision``: ``auto`` picks bf16 only where it is native."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if native_bf16("cpu" if use_cpu else "cuda") else "no"
 
 
 def _rank_seed(seed: int, rank: int) -> int:
