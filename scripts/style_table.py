@@ -52,6 +52,8 @@ def parse_args() -> argparse.Namespace:
                         "on the real renders of --split, and stop")
     parser.add_argument("--base-only", action="store_true", help="stop after the decoder (no upsampler): cheaper")
     parser.add_argument("--batch", type=int, default=16, help="restyles per batch (text-diff route)")
+    parser.add_argument("--targets", nargs="+", choices=STYLES, default=list(STYLES),
+                        help="only these target styles (columns), e.g. for a --theta sweep on the weak ones")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="reports/style-table")
@@ -124,7 +126,7 @@ def table(args) -> None:
     stages = {"upsample": False} if args.base_only else {}
     size = pipe.decoder_size if args.base_only else pipe.image_size
     rows, sheet, started = {}, {}, time.perf_counter()
-    for target in STYLES:
+    for target in args.targets:
         references = torch.stack([chosen[k][target][1] for k in keys])
         prompts = [chosen[k][target][2] for k in keys]
         plain = pipe(prompts, style=target, seed=args.seed, progress=False, output_type="pt", **stages).images
@@ -164,7 +166,7 @@ def _sheet(args, chosen, keys, sheet, shown: int = 8) -> None:
     keys = keys[:shown]
     size = next(iter(sheet.values())).shape[-1]
     tiles = []
-    for target in STYLES:
+    for target in args.targets:
         real = torch.stack([chosen[k][target][1] for k in keys])
         real = torch.nn.functional.interpolate(real, size=(size, size), mode="bilinear", antialias=True)
         tiles += to_pil(real) + to_pil(sheet[(target, target)][:len(keys)])
@@ -186,17 +188,17 @@ def _score(judge, recogniser, images, references, keys, target, size) -> dict:
 def _write(args, rows, n) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    head = "| source \\ target | " + " | ".join(STYLES) + " |\n|---|" + "---|" * len(STYLES) + "\n"
+    head = "| source \\ target | " + " | ".join(args.targets) + " |\n|---|" + "---|" * len(args.targets) + "\n"
     lines = []
     for source in STYLES:
         cells = []
-        for target in STYLES:
+        for target in args.targets:
             r = rows[(source, target)]
             plain = "" if source == target else f" (plain {100 * r['plain_recognised']:.0f})"
             cells.append(f"{100 * r['style_accuracy']:.0f}% / {100 * r['recognised']:.0f}{plain}")
         lines.append(f"| {source} | " + " | ".join(cells) + " |")
     text = (f"Target-style accuracy / recognisability (%), {n} {args.split} concepts per pair, method "
-            f"{args.method}; diagonal: plain generation of the target caption.\n\n" + head + "\n".join(lines) + "\n")
+            f"{args.method}{', theta ' + str(args.theta) if args.method == 'textdiff' else ''}; diagonal: plain generation of the target caption.\n\n" + head + "\n".join(lines) + "\n")
     (out / "table.md").write_text(text)
     (out / "table.json").write_text(json.dumps({f"{s}->{t}": v for (s, t), v in rows.items()} | {"args": vars(args)},
                                                indent=2) + "\n")

@@ -98,3 +98,11 @@ def test_style_table_script_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert load_model(tmp_path / "clf.safetensors", expected=StyleClassifier).config.image_size == 16
     with Image.open(out / "sheet.png") as sheet:   # 4 targets x (real, plain, 3 sources) rows of 2 concepts
         assert sheet.size[0] < sheet.size[1]
+    # --targets: only those columns (a theta sweep on the weak targets), the saved judge reused
+    monkeypatch.setattr(sys, "argv", ["style_table.py", "--model", str(model), "--data", str(data), "--count", "2",
+                                      "--classifier", str(tmp_path / "clf.safetensors"), "--batch", "2", "--base-only",
+                                      "--targets", "noto", "twemoji", "--theta", "0.8", "--out", str(out / "sweep")])
+    runpy.run_path("scripts/style_table.py", run_name="__main__")
+    sweep = json.loads((out / "sweep" / "table.json").read_text())
+    assert sorted(k.split("->")[1] for k in sweep if "->" in k) == ["noto"] * 4 + ["twemoji"] * 4
+    assert "theta 0.8" in (out / "sweep" / "table.md").read_text()
