@@ -10,7 +10,7 @@ from unclip.config import load_config
 from unclip.train.stages import STAGES, get_stage_class
 
 PRESETS = sorted(Path("configs").glob("*/*.yaml"))
-NEEDS_INIT = {"emoji64-decoder-ft.yaml"}   # decoder-only fine-tunes start from trained weights (--init)
+NEEDS_INIT = {"emoji64-decoder-ft.yaml", "emoji64-decoder-ft-long.yaml"}   # decoder-only fine-tunes start from trained weights (--init)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=[f"{p.parent.name}/{p.name}" for p in PRESETS])
