@@ -16,7 +16,12 @@ import torch
 
 from helpers.pipeline import tiny_encoder, tiny_pipeline
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from unclip.precision import native_bf16
+
+# the values were recorded on an AVX512-BF16 host; an AVX2-only host's kernels move several of them by
+# 0.1 and more (issue #23: re-pin per instruction set or derive the tolerance from a measured spread)
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not native_bf16("cpu"), reason="pinned on an AVX512-BF16 host; this CPU has other kernels")]
 
 TOL = 0.05
 PIXELS = [(0, 0, 0, 0), (0, 1, 5, 7), (0, 2, 13, 3), (-1, 0, 20, 25), (-1, 2, 31, 31)]  # (image, c, y, x)
