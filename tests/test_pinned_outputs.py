@@ -6,7 +6,9 @@ main before the sampler registry and typed settings (issue #19); a change to the
 fixes in its commit. Run ``python tests/test_pinned_outputs.py`` to print the current values.
 
 The sampler cases run on a smooth stand-in network in float64 (exact to ~1e-12 on any CPU); the pipeline
-cases run the tiny float32 pipelines of ``tests/helpers`` (tolerance for the last bits of a CPU's maths).
+cases run the tiny float32 pipelines of ``tests/helpers``. Their tolerance scales with the number of values
+summed: ``PIXEL_TOL`` per value. Recorded on an AVX512 host, an AVX2-only host drifts by at most 1e-6 per value
+(0.0056 on a sum of 6144); a 1% change of decoder guidance moves the same sum by 3.9, eta 0 -> 0.01 by 10.
 """
 
 from __future__ import annotations
@@ -141,6 +143,9 @@ CODE_PINS = {
 }
 
 
+PIXEL_TOL = 5e-6  # per summed value: ~5x the worst cross-CPU drift seen, ~1000x below a 1% guidance change
+
+
 @pytest.fixture(scope="module")
 def full():
     return tiny_pipeline("full")
@@ -149,7 +154,7 @@ def full():
 @pytest.mark.parametrize("case", sorted(PIPELINE_CASES))
 def test_unclip_pipeline_outputs_are_pinned(case, full):
     images = PIPELINE_CASES[case](full).images
-    assert checksums(images) == pytest.approx(PIPELINE_PINS[case], abs=2e-3)
+    assert checksums(images) == pytest.approx(PIPELINE_PINS[case], abs=PIXEL_TOL * images.numel())
 
 
 @pytest.mark.parametrize("sampler", CLIPVQ_SAMPLERS)
