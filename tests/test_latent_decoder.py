@@ -298,3 +298,56 @@ def test_anchor_to_low_res_keeps_the_input_colours():
     assert error < 0.2 * (F.interpolate(drifted, size=8, mode="area") - low).abs().mean()
     detail = fixed - F.interpolate(F.interpolate(fixed, size=8, mode="area"), size=32, mode="bicubic")
     assert detail.std() > 0.03                                                          # the detail stays
+
+
+def test_channel_norm_is_per_pixel_layer_norm_and_blind_to_other_pixels():
+    """ChannelNorm by hand; unlike GroupNorm, a spike at one pixel leaves every other pixel's output unchanged."""
+    from unclip.models.vq import ChannelNorm, _norm
+
+    torch.manual_seed(0)
+    norm = ChannelNorm(8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 8, 5, 5)
+    mean = x.mean(1, keepdim=True)
+    var = x.var(1, unbiased=False, keepdim=True)
+    by_hand = (x - mean) / (var + 1e-6).sqrt() * norm.weight[:, None, None] + norm.bias[:, None, None]
+    assert torch.allclose(norm(x), by_hand, atol=1e-5)
+    spiked = x.clone()
+    spiked[:, :, 4, 4] += 50.0
+    others = torch.ones(5, 5, dtype=torch.bool)
+    others[4, 4] = False
+    assert torch.equal(norm(spiked)[..., others], norm(x)[..., others])
+    group = _norm(8)                                    # GroupNorm: the spike moves the whole image
+    assert (group(spiked) - group(x))[..., others].abs().max() > 0.1
+    assert set(dict(norm.named_parameters())) == set(dict(group.named_parameters()))   # --init carries over
+
+
+def test_a_channel_norm_decoder_fine_tunes_from_a_group_norm_autoencoder(tmp_path, autoencoder_run, tiny_data):
+    """decoder_norm: channel builds ChannelNorm layers in the decoder only, starts from a GroupNorm run's weights
+    (--init, strict by name and shape), keeps the encoder, and reloads with its norm from the saved config."""
+    from unclip.checkpoint import load_tensors
+    from unclip.models.vq import ChannelNorm
+    from unclip.train.engine import run_training
+    from unclip.train.init import find_weights
+
+    root, _ = tiny_data
+    source = load_tensors(find_weights(autoencoder_run, "autoencoder"))
+    cfg = {"data": {"path": str(root), "eval_split": "val", "eval_items": 4, "scale_items": 8},
+           "model": {"image_size": 16, "base_channels": 8, "channel_mult": [1, 2], "latent_channels": 2,
+                     "decoder_norm": "channel"},
+           "loss": {"perceptual_weight": 0.0}, "train_encoder": False,
+           "train": dict(TRAIN, steps=4, checkpoint_every=4, init=str(autoencoder_run))}
+    run_training(AutoencoderStage(from_dict(AutoencoderStageConfig, cfg)), tmp_path / "cn")
+    tuned_file = tmp_path / "cn" / "final" / "model.safetensors"
+    tuned = load_tensors(tuned_file)
+    assert set(tuned) == set(source)
+    assert all(torch.equal(tuned[k], v) for k, v in source.items() if not k.startswith("decoder."))
+    model = load_model(tuned_file, expected=Autoencoder)
+    assert model.config.decoder_norm == "channel"
+    assert any(isinstance(m, ChannelNorm) for m in model.decoder.modules())
+    assert not any(isinstance(m, ChannelNorm) for m in model.encoder.modules())
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.decoder.modules())
+    with pytest.raises(ValueError, match="decoder_norm"):
+        AutoencoderConfig(decoder_norm="batch")

@@ -15,11 +15,12 @@ codebook.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from unclip.models.vq import Decoder, Encoder
+from unclip.models.vq import NORMS, Decoder, Encoder
 
 __all__ = ["AutoencoderConfig", "Autoencoder"]
 
@@ -32,10 +33,15 @@ class AutoencoderConfig:
     channel_mult: tuple[int, ...] = (1, 2, 4)   # one entry per resolution; f = 2^(len-1)
     num_res_blocks: int = 1
     latent_channels: int = 4
+    # the decoder's normalisation: "group" (GroupNorm, as LDM) or "channel" (per-pixel, unclip.models.vq.ChannelNorm),
+    # which removes the blob GroupNorm's image-wide statistics invite (measured on emoji, docs/results.md)
+    decoder_norm: Literal["group", "channel"] = "group"
 
     def __post_init__(self):
         if len(self.channel_mult) < 1 or self.base_channels < 1 or self.latent_channels < 1:
             raise ValueError("channel_mult needs at least one entry; base_channels and latent_channels must be >= 1")
+        if self.decoder_norm not in NORMS:
+            raise ValueError(f"decoder_norm must be one of {', '.join(NORMS)}, got {self.decoder_norm!r}")
         if self.image_size % self.downsample_factor:
             raise ValueError(f"image_size {self.image_size} is not divisible by the factor {self.downsample_factor}")
 
@@ -57,7 +63,7 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config, out_channels=2 * config.latent_channels)   # mean and log-variance
-        self.decoder = Decoder(config, in_channels=config.latent_channels)
+        self.decoder = Decoder(config, in_channels=config.latent_channels, norm=config.decoder_norm)
         self.register_buffer("latent_scale", torch.ones(()))                   # 1 / std of training latents
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

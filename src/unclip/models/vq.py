@@ -67,15 +67,38 @@ class VQConfig:
         return (side, side)
 
 
-def _norm(ch: int) -> nn.GroupNorm:
+NORMS = ("group", "channel")
+
+
+class ChannelNorm(nn.Module):
+    """Layer norm over the channels of each pixel alone ([B,C,H,W]; weight and bias [C], named as GroupNorm's).
+
+    GroupNorm's statistics pool over the whole image, so a decoder can steer them with one strong local spike,
+    which then shows as a blob in every output (StyleGAN's "droplets", Karras et al. 2020, "Analyzing and
+    Improving the Image Quality of StyleGAN", §2); per-pixel statistics give it nothing to steer."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+def _norm(ch: int, kind: str = "group") -> nn.Module:
+    if kind == "channel":
+        return ChannelNorm(ch)
     return nn.GroupNorm(min(32, ch) if ch % min(32, ch) == 0 else 1, ch)
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, norm: str = "group"):
         super().__init__()
-        self.body = nn.Sequential(_norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
-                                  _norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
+        self.body = nn.Sequential(_norm(cin, norm), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+                                  _norm(cout, norm), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,18 +133,21 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """z_q [B,D,h,w] → images [B,3,h·f,w·f] (unbounded; clamp for display); D = ``in_channels`` or ``cfg.embed_dim``."""
 
-    def __init__(self, cfg, in_channels: int | None = None):
+    def __init__(self, cfg, in_channels: int | None = None, norm: str = "group"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         chans = [cfg.base_channels * m for m in cfg.channel_mult][::-1]
         cin = chans[0]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels or cfg.embed_dim, cin, 3, padding=1), ResBlock(cin, cin)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels or cfg.embed_dim, cin, 3, padding=1),
+                                   ResBlock(cin, cin, norm)]
         for level, ch in enumerate(chans):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(cin, ch))
+                layers.append(ResBlock(cin, ch, norm))
                 cin = ch
             if level < len(chans) - 1:
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cin, 3, padding=1)]
-        layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, cfg.in_channels, 3, padding=1)]
+        layers += [_norm(cin, norm), nn.SiLU(), nn.Conv2d(cin, cfg.in_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
