@@ -5,7 +5,9 @@
 
 Reconstructs ``--count`` images of ``--split`` (a seeded sample) through the autoencoder and prints the
 EfficientNet-Lite1 recognisability (``unclip.eval.recognisability``) of the reconstructions beside the real
-images at the same size (the ceiling) and the chance level, plus the reconstruction PSNR.
+images at the same size (the ceiling) and the chance level, plus the reconstruction PSNR and the errors of a
+blank white image's reconstruction (``blank_max_error`` shows a blob) and the decoder's activation peak
+(``peak_to_median``, the spike that draws it).
 """
 
 from __future__ import annotations
@@ -46,8 +48,30 @@ def main() -> None:
     recon = torch.cat([model.decode(model.encode(images[i:i + 64])) for i in range(0, len(images), 64)])
     rates = recognition_rates(load_recogniser(), recon, references, keys, seed=args.seed)
     rates["psnr"] = float(psnr(recon, images).mean())
+    # a blank white image should come back white; a decoder that steers GroupNorm's image-wide statistics with a
+    # local spike leaves a blob (docs/results.md): its largest per-pixel error, mean over RGB, and the mean error
+    blank = torch.ones(1, 3, model.config.image_size, model.config.image_size)
+    error = (model.decode(model.encode(blank)) - blank).abs().mean(1)[0]
+    rates.update(blank_max_error=float(error.max()), blank_mean_error=float(error.mean()),
+                 peak_to_median=_peak_to_median(model, images[:64]))
     rates.update(split=args.split, image_size=model.config.image_size)
     print(json.dumps(rates, indent=2))
+
+
+def _peak_to_median(model, images: torch.Tensor) -> float:
+    """Median over images of (largest / median activation magnitude) at the input of the decoder's last norm layer:
+    about 20 where the decoder draws a GroupNorm blob, a few where it does not."""
+    from unclip.models.vq import ChannelNorm
+
+    last = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.GroupNorm, ChannelNorm))][-1]
+    seen = []
+    handle = last.register_forward_hook(lambda mod, inputs, out: seen.append(inputs[0].abs().amax(1).flatten(1)))
+    try:
+        model.decode(model.encode(images))
+    finally:
+        handle.remove()
+    peaks = seen[0]
+    return float((peaks.amax(1) / peaks.median(1).values).median())
 
 
 if __name__ == "__main__":
