@@ -10,7 +10,8 @@ from unclip.config import load_config
 from unclip.train.stages import STAGES, get_stage_class
 
 PRESETS = sorted(Path("configs").glob("*/*.yaml"))
-NEEDS_INIT = {"emoji64-decoder-ft.yaml", "emoji64-decoder-ft-long.yaml"}   # decoder-only fine-tunes start from trained weights (--init)
+# decoder-only fine-tunes start from trained weights (--init)
+NEEDS_INIT = {"emoji64-decoder-ft.yaml", "emoji64-decoder-ft-long.yaml", "emoji64-decoder-channelnorm.yaml"}
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=[f"{p.parent.name}/{p.name}" for p in PRESETS])
