@@ -45,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--method", choices=("textdiff", "caption"), default="textdiff")
     parser.add_argument("--theta", type=float, default=0.5, help="textdiff slerp weight")
     parser.add_argument("--strength", type=float, default=0.6, help="caption route: SDEdit strength")
+    parser.add_argument("--decoder-captions", action="store_true", help="textdiff: the decoder also reads the "
+                        "source caption while inverting and the target caption while decoding")
     parser.add_argument("--classifier", default="runs/style-classifier.safetensors")
     parser.add_argument("--classifier-steps", type=int, default=1500)
     parser.add_argument("--classifier-size", type=int, default=64, help="side the classifier reads images at")
@@ -153,7 +155,7 @@ def _restyled(pipe, args, chosen, keys, source, target, stages) -> torch.Tensor:
         group = keys[start:start + step]
         out.append(pipe.restyle([chosen[k][source][0] for k in group], target, from_style=source,
                                 caption=[chosen[k][source][2] for k in group], method=args.method, theta=args.theta,
-                                strength=args.strength, seed=list(range(args.seed + start, args.seed + start + len(group))),
+                                strength=args.strength, decoder_captions=args.decoder_captions, seed=list(range(args.seed + start, args.seed + start + len(group))),
                                 progress=False, output_type="pt", **stages).images)
     return torch.cat(out)
 

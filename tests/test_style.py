@@ -153,3 +153,18 @@ def test_restyle_and_generate_style_cli(tmp_path, capsys):
     assert "--from-style" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
     assert main(["generate", "x", "--style", "oil", "--out", str(out), *fast]) == 2
     assert "unknown style" in capsys.readouterr().err
+
+
+def test_restyle_decoder_captions_conditions_the_decoder_on_the_captions(pipes, tmp_path):
+    """decoder_captions: invert under the source caption, decode under the target one; the images change (the
+    tiny decoder reads caption tokens), and a text-diff restyle without it is unchanged."""
+    pipe = pipes["unclip"]
+    assert pipe.decoder.model.config.text_token_dim
+    path = str(_built_dataset(tmp_path / "data") / "images" / "000000.png")
+    kw = dict(theta=0.4, seed=0, progress=False, output_type="pt", precision="fp32")
+    plain = pipe.restyle(path, "fluent", **kw)
+    again = pipe.restyle(path, "fluent", decoder_captions=False, **kw)
+    captioned = pipe.restyle(path, "fluent", decoder_captions=True, **kw)
+    assert torch.equal(plain.images, again.images)
+    assert (captioned.images - plain.images).abs().mean() > 1e-3
+    assert captioned.settings["decoder_captions"] is True and plain.settings["decoder_captions"] is False

@@ -80,6 +80,9 @@ def register(subparsers) -> None:
     p.add_argument("--eta", type=float_in_range(0, 1), default=0.0,
                    help="textdiff: DDIM eta from the inverted latent (> 0 makes -n images differ)")
     p.add_argument("--strength", type=float_in_range(0, 1), default=0.6, help="caption: SDEdit strength")
+    p.add_argument("--decoder-captions", action="store_true",
+                   help="textdiff: the decoder also reads the captions (the source one while inverting, the target "
+                        "one while decoding), for decoders trained with caption tokens")
     p.add_argument("-n", "--num-images", type=int_in_range(1, MAX_IMAGES), default=1, help="images to make")
     p.add_argument("--out", default="restyle.png", help="grid PNG to write")
     p.add_argument("--zoom", type=int_in_range(1, 16), default=1, help="enlarge each image in the grid N times")
@@ -175,7 +178,7 @@ def _restyle(args) -> int:
     result = pipe.restyle(images[0] if one else images, style, from_style=args.from_style,
                           caption=captions[0] if one else captions, method=args.method, theta=args.theta,
                           strength=args.strength, num_images=args.num_images, eta=args.eta, seed=args.seed,
-                          progress=not args.quiet, **kwargs)
+                          decoder_captions=args.decoder_captions, progress=not args.quiet, **kwargs)
     if not one:
         return _write(result, args, f"image(s) from {len(images)} inputs, to {result.settings['style']}")
     return _write(result, args, f"image(s): {result.settings['from_caption']!r} -> {result.settings['to_caption']!r}")

@@ -69,13 +69,15 @@ def _as_tensor(pipe, image) -> torch.Tensor:
 
 @torch.no_grad()
 def invert(pipe, images: torch.Tensor, image_embed: torch.Tensor, steps: int, precision: str = "fp32",
-           spacing: str = "trailing") -> torch.Tensor:
+           spacing: str = "trailing", text=None) -> torch.Tensor:
     """DDIM-invert images [B, 3, S, S] under the decoder conditioned on z_i (unguided) → x_T, shaped like the
     decoder's samples (a latent decoder inverts the autoencoder's latents of the images).
 
-    ``steps`` and ``spacing`` must be the decoder's sampling grid, so decoding retraces the inversion."""
+    ``steps`` and ``spacing`` must be the decoder's sampling grid, so decoding retraces the inversion; ``text``
+    (a TextEncoding of B captions) also conditions a decoder that reads caption tokens (else the null caption)."""
     cond, _ = decoder_kwargs(pipe.decoder.model, images.shape[0], images.device,
-                             image_embed=image_embed if pipe.decoder.model.config.image_embed_dim else None)
+                             image_embed=image_embed if pipe.decoder.model.config.image_embed_dim else None,
+                             text=text)
     x0 = pipe.decoder.from_pixels(images)
     with autocast(precision, images.device):
         return ddim_invert(pipe.decoder.model, x0, pipe.decoder.diffusion, steps=steps, spacing=spacing,
@@ -105,13 +107,14 @@ def _frames_check(num_frames: int) -> None:
 
 
 def decode_embeddings(pipe, image_embed: torch.Tensor, seeds: list[int], settings: dict[str, dict], callback,
-                      progress: bool, decoder_noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Images decoded from z_i [N, D] by the decoder pipeline, image i's noise drawn from seed i."""
+                      progress: bool, decoder_noise: torch.Tensor | None = None, text=None) -> torch.Tensor:
+    """Images decoded from z_i [N, D] by the decoder pipeline, image i's noise drawn from seed i; ``text`` (a
+    TextEncoding of N captions) for a decoder that reads caption tokens, else the null caption."""
 
     half = pipe.decoder_pipeline
     gens = generators(seeds, pipe.device)
     return half.generate(image_embed, noise=half.noise(gens, decoder_noise=decoder_noise), settings=settings,
-                         generators=gens, callback=callback, progress=progress)
+                         generators=gens, callback=callback, progress=progress, text=text)
 
 
 def _finish(pipe, images, seeds, labels, settings, output_type) -> PipelineOutput:

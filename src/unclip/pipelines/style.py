@@ -124,11 +124,13 @@ def resolve_source(caption: str | None, from_style: str | None) -> tuple[str, st
 @torch.no_grad()
 def restyle(pipe, image, style: str, *, from_style: str | None = None, caption=None, method: str = "textdiff",
             theta: float = 0.5, strength: float = 0.6, num_images: int = 1, eta: float = 0.0, seed=None,
-            callback: Callable | None = None, progress: bool = True, output_type: str = "pil",
-            **stage_settings) -> PipelineOutput:
+            decoder_captions: bool = False, callback: Callable | None = None, progress: bool = True,
+            output_type: str = "pil", **stage_settings) -> PipelineOutput:
     """Restyle an emoji image to ``style`` (module docstring). ``method``: "textdiff" (slerp weight ``theta``,
     from the DDIM-inverted latent; ``eta`` > 0 gives ``num_images`` different samples) or "caption" (SDEdit at
-    ``strength`` under the target caption).
+    ``strength`` under the target caption). ``decoder_captions`` (text diff, for a decoder that reads caption
+    tokens, paper §2.1): invert under the source caption and decode under the target caption, which the
+    decoder's guidance then pushes towards, instead of the null caption in both.
 
     ``image`` may be a list of images, with ``caption`` None or one caption per image: the text-diff route then
     inverts and decodes them as one batch (``num_images`` outputs per input, in input order; image i's outputs
@@ -156,7 +158,7 @@ def restyle(pipe, image, style: str, *, from_style: str | None = None, caption=N
             settings=outs[0].settings)
     else:
         out = _text_diff_restyle(pipe, images, pairs, theta, num_images, eta, seeds, callback, progress, output_type,
-                                 stage_settings)
+                                 stage_settings, decoder_captions)
     sources = sorted({source for source, _, _ in pairs})
     out.settings.update(operation="restyle", method=method, source_style=sources[0] if len(sources) == 1 else sources,
                         style=target, from_caption=pairs[0][1] if not many else [a for _, a, _ in pairs],
@@ -176,7 +178,7 @@ def _caption_pair(image, caption, from_style, target) -> tuple[str, str, str]:
 
 
 def _text_diff_restyle(pipe, images, pairs, theta, num_images, eta, seeds, callback, progress, output_type,
-                       stage_settings) -> PipelineOutput:
+                       stage_settings, decoder_captions=False) -> PipelineOutput:
     """One text-diff frame at ``theta`` (§3.3) per output, each from its image's DDIM-inverted latent, all images
     in one batch."""
     from unclip.pipelines.edits import _image_at, _open
@@ -190,6 +192,9 @@ def _text_diff_restyle(pipe, images, pairs, theta, num_images, eta, seeds, callb
         raise UnclipError(f"theta must be in (0, 1], got {theta}")
     if not 1 <= num_images <= 64:
         raise UnclipError(f"num_images must be in [1, 64], got {num_images}")
+    if decoder_captions and not pipe.decoder.model.config.text_token_dim:
+        raise UnclipError("this decoder does not read caption tokens; restyle without decoder_captions "
+                          "(--decoder-captions)")
     stage_settings = {k: v for k, v in stage_settings.items() if not k.startswith("prior_")}
     settings = pipe.resolve_settings(**dict(stage_settings, decoder_sampler="ddim", eta=eta))
     settings.pop("prior", None)
@@ -197,10 +202,14 @@ def _text_diff_restyle(pipe, images, pairs, theta, num_images, eta, seeds, callb
     z = pipe.encoder.encode_image(x).float()                                                       # [N, D]
     thetas = torch.tensor([float(theta)], device=z.device)
     z_new = torch.cat([text_diff_embeddings(pipe, z[i:i + 1], a, b, thetas) for i, (_, a, b) in enumerate(pairs)])
+    text_from = text_to = None
+    if decoder_captions:
+        text_from = pipe.encoder.encode_text([a for _, a, _ in pairs])
+        text_to = pipe.encoder.encode_text([b for _, _, b in pairs for _ in range(num_images)])
     s = settings["decoder"]
-    latent = invert(pipe, x, z, s["steps"], s["precision"], s["spacing"])
+    latent = invert(pipe, x, z, s["steps"], s["precision"], s["spacing"], text=text_from)
     out = decode_embeddings(pipe, z_new.repeat_interleave(num_images, 0), seeds, settings, callback, progress,
-                            latent.repeat_interleave(num_images, 0))
-    info = {"theta": float(theta), "eta": float(eta), "stages": settings}
+                            latent.repeat_interleave(num_images, 0), text=text_to)
+    info = {"theta": float(theta), "eta": float(eta), "decoder_captions": bool(decoder_captions), "stages": settings}
     return PipelineOutput(images=pipe.format(check_finite(out, pipe.name), output_type), seeds=seeds,
                           prompts=[b for _, _, b in pairs for _ in range(num_images)], settings=info)
