@@ -155,8 +155,8 @@ def _restyled(pipe, args, chosen, keys, source, target, stages) -> torch.Tensor:
         group = keys[start:start + step]
         out.append(pipe.restyle([chosen[k][source][0] for k in group], target, from_style=source,
                                 caption=[chosen[k][source][2] for k in group], method=args.method, theta=args.theta,
-                                strength=args.strength, decoder_captions=args.decoder_captions, seed=list(range(args.seed + start, args.seed + start + len(group))),
-                                progress=False, output_type="pt", **stages).images)
+                                strength=args.strength, decoder_captions=args.decoder_captions,
+                                seed=list(range(args.seed + start, args.seed + start + len(group))), progress=False, output_type="pt", **stages).images)
     return torch.cat(out)
 
 

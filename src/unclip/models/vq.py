@@ -89,6 +89,8 @@ class ChannelNorm(nn.Module):
 
 
 def _norm(ch: int, kind: str = "group") -> nn.Module:
+    if kind not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {kind!r}")
     if kind == "channel":
         return ChannelNorm(ch)
     return nn.GroupNorm(min(32, ch) if ch % min(32, ch) == 0 else 1, ch)
@@ -135,8 +137,6 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg, in_channels: int | None = None, norm: str = "group"):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         chans = [cfg.base_channels * m for m in cfg.channel_mult][::-1]
         cin = chans[0]
         layers: list[nn.Module] = [nn.Conv2d(in_channels or cfg.embed_dim, cin, 3, padding=1),
