@@ -168,3 +168,5 @@ def test_restyle_decoder_captions_conditions_the_decoder_on_the_captions(pipes, 
     assert torch.equal(plain.images, again.images)
     assert (captioned.images - plain.images).abs().mean() > 1e-3
     assert captioned.settings["decoder_captions"] is True and plain.settings["decoder_captions"] is False
+    with pytest.raises(UnclipError, match="applies to the textdiff method"):
+        pipe.restyle(path, "fluent", method="caption", decoder_captions=True, progress=False)

@@ -137,6 +137,9 @@ def restyle(pipe, image, style: str, *, from_style: str | None = None, caption=N
     take seeds ``num_images * i``, ...), the caption route edits them one after another."""
     if method not in RESTYLE_METHODS:
         raise UnclipError(f"method must be one of {', '.join(RESTYLE_METHODS)}, got {method!r}")
+    if decoder_captions and method != "textdiff":
+        raise UnclipError("decoder_captions (--decoder-captions) applies to the textdiff method; drop it or use "
+                          "--method textdiff")
     target = check_style(style)
     many = isinstance(image, (list, tuple))
     images = list(image) if many else [image]
